@@ -1,0 +1,99 @@
+"""Trial data (SPEC §3): unit-norm inputs, targets drawn from a kernel Gaussian process, a split.
+
+Everything random in trial ``k`` derives from ``SeedSequence(seed, spawn_key=(k,))``, which is
+``SeedSequence(seed).spawn(n_trials)[k]`` without depending on ``n_trials`` or on the order in
+which trials are scheduled. Its children are fixed streams: inputs, targets, split, networks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg
+
+from ntkflow.config import Config, test_size
+from ntkflow.kernels import kernel
+
+STREAM_X, STREAM_Y, STREAM_SPLIT, STREAM_NETS = range(4)
+
+
+def trial_seed(seed: int, k: int) -> np.random.SeedSequence:
+    """The seed sequence of trial ``k``: equal to ``SeedSequence(seed).spawn(n)[k]`` for any n > k."""
+    return np.random.SeedSequence(seed, spawn_key=(k,))
+
+
+def stream(seed: int, k: int, which: int) -> np.random.SeedSequence:
+    return trial_seed(seed, k).spawn(STREAM_NETS + 1)[which]
+
+
+def unit_rows(n: int, d: int, rng: np.random.Generator, low=-5.0, high=7.0) -> np.ndarray:
+    """n draws from U[low, high]^d, each row rescaled to unit L2 norm."""
+    x = rng.uniform(low, high, size=(n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def sample_gp(h: np.ndarray, rng: np.random.Generator, max_steps: int = 10):
+    """One draw y ~ N(0, H).
+
+    Cholesky with the smallest jitter that works: 0, then 1e-12·mean(diag H)·10^j for
+    j = 0..max_steps-1; if none works, an eigen-decomposition with negative eigenvalues clipped.
+    ``H`` is overwritten (in-place factorisation keeps one n×n matrix). Returns ``(y, info)``.
+    """
+    n = h.shape[0]
+    z = rng.standard_normal(n)
+    scale = float(np.mean(np.diag(h)))
+    diag = np.diag(h).copy()
+    jitters = [0.0] + [1e-12 * scale * 10.0**j for j in range(max_steps)]
+    for jitter in jitters:
+        np.fill_diagonal(h, diag + jitter)
+        try:
+            lower = scipy.linalg.cholesky(h, lower=True, overwrite_a=False, check_finite=False)
+        except np.linalg.LinAlgError:
+            continue
+        return lower @ z, {"sampler": "cholesky", "jitter": jitter, "clipped_eigenvalues": 0}
+    np.fill_diagonal(h, diag)
+    w, v = scipy.linalg.eigh(h, overwrite_a=True, check_finite=False)
+    clipped = int(np.sum(w < 0))
+    y = v @ (np.sqrt(np.clip(w, 0.0, None)) * z)
+    return y, {"sampler": "eigh", "jitter": 0.0, "clipped_eigenvalues": clipped}
+
+
+def keras_fit_size(n_train: int, validation_split: float) -> int:
+    """Rows Keras fits with ``validation_split``: floor(n·(1 − split)) in floating point
+    (tf.keras ``train_validation_split``): 670 rows, 0.3 → 468."""
+    return int(math.floor(n_train * (1.0 - validation_split)))
+
+
+@dataclass
+class TrialData:
+    x: np.ndarray  # n_obs × d_in, unit rows
+    y: np.ndarray  # n_obs
+    train: np.ndarray  # row indices, in split order
+    test: np.ndarray
+    fit: np.ndarray  # leading rows of train that a network fits (Keras validation split)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def val(self) -> np.ndarray:
+        return self.train[len(self.fit) :]
+
+
+def simulate(cfg: Config, k: int) -> TrialData:
+    """Trial ``k`` of SPEC §3 with the run's formula variant for the ground-truth kernel."""
+    d = cfg.data
+    x = unit_rows(d.n_obs, d.d_in, np.random.default_rng(stream(cfg.seed, k, STREAM_X)))
+    h = kernel(d.kernel, formulas=cfg.formulas)(x, None)
+    rng_y = np.random.default_rng(stream(cfg.seed, k, STREAM_Y))
+    y, info = sample_gp(h, rng_y)
+    del h
+    if d.noise_std > 0:
+        y = y + d.noise_std * rng_y.standard_normal(d.n_obs)
+    perm = np.random.default_rng(stream(cfg.seed, k, STREAM_SPLIT)).permutation(d.n_obs)
+    n_test = test_size(d.n_obs, d.test_fraction)
+    test, train = perm[:n_test], perm[n_test:]
+    fit = train[: keras_fit_size(len(train), cfg.networks.validation_split)]
+    info.update(ground_truth=d.kernel, formulas=cfg.formulas, n_train=len(train), n_test=n_test)
+    return TrialData(x=x, y=y, train=train, test=test, fit=fit, info=info)

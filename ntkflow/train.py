@@ -1,0 +1,306 @@
+"""The paper's training protocol (SPEC §5): plain SGD on the mean squared error, batch 8.
+
+Protocol, as in the paper's released (Keras) code:
+
+- Keras-style validation split: the leading ``keras_split(n_train, 0.3)`` rows of the training
+  arrays (in split order) are fit; the remaining rows are held out. Their loss is logged, never
+  trained on, never used for stopping.
+- Every epoch the fit rows are reshuffled (a permutation drawn from the trial seed, stream
+  :data:`ntkflow.nets.STREAM_SHUFFLE`) and cut into consecutive batches of ``batch_size``; the last
+  batch is smaller when ``batch_size`` does not divide n_fit (468 = 58·8 + 4), as in Keras.
+- Loss of a batch: mean over the batch of (f − y)² (no ½). Update: θ ← θ − lr ∇loss (no momentum,
+  no weight decay). One epoch corresponds to linearized time t = 2·lr/batch_size (SPEC §6).
+
+The SGD step is written out by hand for :class:`ntkflow.nets.FCNet` (forward, backward through
+the ReLUs, and in-place updates ``W ← W − lr·weight_mult·δᵀh`` as one ``addmm_`` per layer): no
+autograd graph and no optimizer, so the per-step Python overhead is a few small kernel launches,
+and every weight matrix is streamed 4 times per step (read by forward, backward and update, written
+by the update) instead of about 6 with autograd + torch.optim. ``tests/test_nets.py`` checks
+the step against autograd. The only host-device synchronisation is once per epoch, to test the
+epoch's loss for NaN/inf (:class:`TrainingDiverged`), and at logged epochs.
+
+Public API::
+
+    keras_split(n_train, validation_split=0.3) -> int      # rows fit
+    keras_validation_split(x, y, validation_split=0.3) -> (x_fit, y_fit, x_val, y_val)
+    train_network(net, x_fit, y_fit, x_val, y_val, x_test, *, epochs, batch_size=8, lr=0.002,
+                  seed, log_every=10, device=None, progress=None) -> TrainResult
+    TrainingDiverged(RuntimeError)     # deterministic: do not retry
+    set_torch_threads(n)               # for CPU worker processes
+
+The network is trained in place. Its initial state can be rebuilt exactly with
+``build_network(..., seed=same)`` (e.g. for the empirical NTK at initialisation).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ntkflow.nets import STREAM_SHUFFLE, FCNet, SeedLike, layer_norms, torch_generator
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite. Deterministic for a given seed: not retryable."""
+
+
+@dataclass
+class TrainResult:
+    """What one training run returns (all plain Python/numpy, float64 where numeric).
+
+    curve: arrays over the logged epochs (0 = initialisation, every ``log_every``, and the last):
+        ``epoch``; ``train_loss`` and ``val_loss``, mean (f − y)² over all fit / held-out rows at
+        the end of that epoch; ``sgd_loss``, the Keras-style running loss of that epoch (mean of
+        the squared errors seen by its SGD steps; NaN at epoch 0).
+    f0, pred: predictions at initialisation and after training, keys "fit", "val", "test".
+    norms_init, norms_final: ‖(W_l, b_l)‖ per layer. param_rel_change: ‖θ_T − θ₀‖/‖θ₀‖ per layer.
+    seconds: wall time of the whole call; steps_per_second: SGD steps / seconds of the epoch loop.
+    """
+
+    epochs_run: int
+    steps: int
+    n_fit: int
+    n_val: int
+    batch_size: int
+    lr: float
+    curve: dict[str, np.ndarray]
+    f0: dict[str, np.ndarray]
+    pred: dict[str, np.ndarray]
+    norms_init: list[float]
+    norms_final: list[float]
+    param_rel_change: list[float]
+    seconds: float
+    steps_per_second: float
+    device: str
+
+    def to_dict(self) -> dict:
+        """JSON-able copy (numpy arrays → lists)."""
+
+        def plain(v):
+            if isinstance(v, np.ndarray):
+                return v.tolist()
+            if isinstance(v, dict):
+                return {k: plain(w) for k, w in v.items()}
+            return v
+
+        return {k: plain(v) for k, v in asdict(self).items()}
+
+
+def keras_split(n_train: int, validation_split: float = 0.3) -> int:
+    """Number of leading rows Keras fits with ``validation_split``, the rest being validation.
+
+    Keras (``train_validation_split`` in keras/tf.keras; ``_split`` in older Keras) computes
+    ``int(math.floor(n * (1.0 - validation_split)))`` in floating point, so 670 rows give 468 (not
+    469: 670 · 0.7 = 468.99999999999994). Like Keras, a split leaving either part empty is an
+    error; ``validation_split=0`` means no validation rows.
+    """
+    if not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+    n_train = int(n_train)
+    if validation_split == 0.0:
+        return n_train
+    split_at = int(math.floor(n_train * (1.0 - validation_split)))
+    if split_at == 0 or split_at == n_train:
+        raise ValueError(
+            f"{n_train} training rows are not enough to split with "
+            f"validation_split={validation_split}: the fit or validation part would be empty"
+        )
+    return split_at
+
+
+def keras_validation_split(x, y, validation_split: float = 0.3):
+    """``(x_fit, y_fit, x_val, y_val)``: leading rows fit, trailing rows held out (as Keras)."""
+    n_fit = keras_split(len(x), validation_split)
+    return x[:n_fit], y[:n_fit], x[n_fit:], y[n_fit:]
+
+
+def set_torch_threads(n: int) -> None:
+    """Limit PyTorch's CPU threads (call early in each CPU worker process to avoid oversubscribing).
+
+    The inter-op pool can only be sized before its first use; later calls keep its size.
+    """
+    torch.set_num_threads(int(n))
+    try:
+        torch.set_num_interop_threads(int(n))
+    except RuntimeError:
+        pass
+
+
+# relu'(z) applied to a gradient, given h = relu(z): the kernel autograd itself uses for ReLU
+# (one op instead of a comparison plus a multiply).
+_relu_backward = torch.ops.aten.threshold_backward
+
+
+def _step_plan(layers) -> list[tuple]:
+    """Per layer (W, Wᵀ, b, weight_mult, bias_mult). Wᵀ is a view: it follows in-place updates."""
+    return [(m.weight, m.weight.t(), m.bias, m.weight_mult, m.bias_mult) for m in layers]
+
+
+def _sgd_step(plan, x: torch.Tensor, y: torch.Tensor, lr: float, sse: torch.Tensor) -> None:
+    """One SGD step on mean((f − y)²) over the batch, in place; adds Σ(f − y)² to sse (1 × 1).
+
+    Layer l computes z_l = a_l · h_l W_lᵀ + β_l · b_l (a = weight_mult, β = bias_mult) and
+    h_{l+1} = relu(z_l). With δ_l = ∂loss/∂z_l: δ_out = 2(f − y)/B, ∂loss/∂W_l = a_l δ_lᵀ h_l,
+    ∂loss/∂b_l = β_l Σ_batch δ_l and δ_{l-1} = a_l (δ_l W_l) ⊙ relu'(z_{l-1}).
+    δ_l is kept as scale · d with the scalar scale on the host, so no kernel multiplies by a_l.
+    Must run under ``torch.no_grad()``.
+    """
+    hs = [x]
+    for _w, wt, b, a, beta in plan[:-1]:
+        hs.append(torch.relu(torch.addmm(b, hs[-1], wt, beta=beta, alpha=a)))
+    _w, wt, b, a, beta = plan[-1]
+    d = torch.addmm(b, hs[-1], wt, beta=beta, alpha=a).sub_(y)  # f − y
+    sse.addmm_(d.t(), d)
+    scale = 2.0 / x.shape[0]
+    for l in range(len(plan) - 1, -1, -1):
+        w, wt, b, a, beta = plan[l]
+        if l > 0:  # d for the layer below, computed before W_l is updated
+            d_below = _relu_backward(torch.mm(d, w), hs[l], 0.0)
+        w.addmm_(d.t(), hs[l], alpha=-lr * scale * a)
+        b.add_(d.sum(0), alpha=-lr * scale * beta)
+        if l > 0:
+            d, scale = d_below, scale * a
+
+
+def _as_tensor(a, like: torch.Tensor, column: bool = False) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a)
+    t = t.to(dtype=like.dtype, device=like.device)
+    return t.reshape(-1, 1) if column else t
+
+
+def _mse(net: FCNet, x: torch.Tensor, y: torch.Tensor) -> float:
+    if x.shape[0] == 0:
+        return math.nan
+    return float(torch.mean(torch.square(net(x) - y)).double())
+
+
+def _predict(net: FCNet, x: torch.Tensor) -> np.ndarray:
+    if x.shape[0] == 0:
+        return np.zeros(0)
+    return net(x).reshape(-1).double().cpu().numpy()
+
+
+def train_network(
+    net: FCNet,
+    x_fit,
+    y_fit,
+    x_val,
+    y_val,
+    x_test,
+    *,
+    epochs: int,
+    batch_size: int = 8,
+    lr: float = 0.002,
+    seed: SeedLike,
+    log_every: int = 10,
+    device: str | torch.device | None = None,
+    progress: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
+    """Train ``net`` in place by the paper's SGD protocol (module docstring) and report.
+
+    Arrays are numpy or torch, (n, d_in) and (n,) or (n, 1); they are cast to the network's dtype
+    and device. ``x_val``/``y_val`` may have 0 rows and ``x_test`` may be None. ``device=None``
+    keeps the network where it is; otherwise it is moved there first. ``seed`` drives the batch
+    shuffling only (the initialisation was drawn by ``build_network``). ``progress(epoch, row)`` is
+    called at every logged epoch with that epoch's curve row.
+
+    Raises TrainingDiverged as soon as an epoch's loss is NaN or infinite.
+    """
+    t_start = time.perf_counter()
+    if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    if batch_size < 1 or log_every < 1:
+        raise ValueError(f"batch_size and log_every must be ≥ 1, got {batch_size}, {log_every}")
+    if device is not None:
+        net.to(device)
+    like = net.layers[0].weight
+    xf, yf = _as_tensor(x_fit, like), _as_tensor(y_fit, like, column=True)
+    xv, yv = _as_tensor(x_val, like), _as_tensor(y_val, like, column=True)
+    xt = _as_tensor(np.zeros((0, net.d_in)) if x_test is None else x_test, like)
+    n_fit = xf.shape[0]
+    if n_fit == 0 or yf.shape[0] != n_fit or yv.shape[0] != xv.shape[0]:
+        raise ValueError(
+            f"bad shapes: x_fit {tuple(xf.shape)}, y_fit {tuple(yf.shape)}, "
+            f"x_val {tuple(xv.shape)}, y_val {tuple(yv.shape)}"
+        )
+
+    layers = list(net.layers)
+    with torch.no_grad():
+        theta0 = [(layer.weight.clone(), layer.bias.clone()) for layer in layers]
+        norms_init = layer_norms(net)
+        f0 = {"fit": _predict(net, xf), "val": _predict(net, xv), "test": _predict(net, xt)}
+
+    rows: list[dict] = []
+
+    def log(epoch: int, sgd_loss: float) -> None:
+        row = {
+            "epoch": epoch,
+            "train_loss": _mse(net, xf, yf),
+            "val_loss": _mse(net, xv, yv),
+            "sgd_loss": sgd_loss,
+        }
+        if not math.isfinite(row["train_loss"]):
+            raise TrainingDiverged(f"training diverged at epoch {epoch}: loss {row['train_loss']}")
+        rows.append(row)
+        if progress is not None:
+            progress(epoch, row)
+
+    gen = torch_generator(seed, STREAM_SHUFFLE)
+    batches = [slice(s, min(s + batch_size, n_fit)) for s in range(0, n_fit, batch_size)]
+    plan = _step_plan(layers)
+    sse = torch.zeros((1, 1), dtype=like.dtype, device=like.device)
+    with torch.no_grad():
+        log(0, math.nan)
+        t_loop = time.perf_counter()
+        for epoch in range(1, epochs + 1):
+            perm = torch.randperm(n_fit, generator=gen).to(like.device)
+            xs, ys = xf[perm], yf[perm]  # one gather per epoch; batches are views
+            sse.zero_()
+            for b in batches:
+                _sgd_step(plan, xs[b], ys[b], lr, sse)
+            sgd_loss = float(sse) / n_fit  # the one synchronisation per epoch
+            if not math.isfinite(sgd_loss):
+                raise TrainingDiverged(
+                    f"training diverged at epoch {epoch} of {epochs}: mean batch loss {sgd_loss} "
+                    f"(lr={lr}, batch_size={batch_size})"
+                )
+            if epoch % log_every == 0 or epoch == epochs:
+                log(epoch, sgd_loss)
+        loop_seconds = time.perf_counter() - t_loop
+
+        pred = {"fit": _predict(net, xf), "val": _predict(net, xv), "test": _predict(net, xt)}
+        norms_final = layer_norms(net)
+        rel = []
+        for layer, (w0, b0), n0 in zip(layers, theta0, norms_init, strict=True):
+            dw = float((layer.weight - w0).double().square().sum())
+            db = float((layer.bias - b0).double().square().sum())
+            rel.append(math.sqrt(dw + db) / n0 if n0 > 0 else math.nan)
+    del theta0
+
+    steps = epochs * len(batches)
+    curve = {
+        k: np.array([r[k] for r in rows], dtype=np.int64 if k == "epoch" else np.float64)
+        for k in ("epoch", "train_loss", "val_loss", "sgd_loss")
+    }
+    return TrainResult(
+        epochs_run=epochs,
+        steps=steps,
+        n_fit=n_fit,
+        n_val=int(xv.shape[0]),
+        batch_size=batch_size,
+        lr=lr,
+        curve=curve,
+        f0=f0,
+        pred=pred,
+        norms_init=norms_init,
+        norms_final=norms_final,
+        param_rel_change=rel,
+        seconds=time.perf_counter() - t_start,
+        steps_per_second=steps / loop_seconds if loop_seconds > 0 else math.nan,
+        device=str(like.device),
+    )
