@@ -20,7 +20,7 @@ STREAM_X, STREAM_Y, STREAM_SPLIT, STREAM_NETS = range(4)
 
 
 def trial_seed(seed: int, k: int) -> np.random.SeedSequence:
-    """The seed sequence of trial ``k``: equal to ``SeedSequence(seed).spawn(n)[k]`` for any n > k."""
+    """Seed sequence of trial ``k``, equal to ``SeedSequence(seed).spawn(n)[k]`` for any n > k."""
     return np.random.SeedSequence(seed, spawn_key=(k,))
 
 
@@ -61,10 +61,26 @@ def sample_gp(h: np.ndarray, rng: np.random.Generator, max_steps: int = 10):
     return y, {"sampler": "eigh", "jitter": 0.0, "clipped_eigenvalues": clipped}
 
 
-def keras_fit_size(n_train: int, validation_split: float) -> int:
-    """Rows Keras fits with ``validation_split``: floor(n·(1 − split)) in floating point
-    (tf.keras ``train_validation_split``): 670 rows, 0.3 → 468."""
-    return int(math.floor(n_train * (1.0 - validation_split)))
+def keras_split(n_train: int, validation_split: float = 0.3) -> int:
+    """Number of leading rows Keras fits with ``validation_split``, the rest being validation.
+
+    Keras (``train_validation_split`` in keras/tf.keras; ``_split`` in older Keras) computes
+    ``int(math.floor(n * (1.0 - validation_split)))`` in floating point, so 670 rows give 468 (not
+    469: 670 · 0.7 = 468.99999999999994). Like Keras, a split leaving either part empty is an
+    error; ``validation_split=0`` means no validation rows.
+    """
+    if not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+    n_train = int(n_train)
+    if validation_split == 0.0:
+        return n_train
+    split_at = int(math.floor(n_train * (1.0 - validation_split)))
+    if split_at == 0 or split_at == n_train:
+        raise ValueError(
+            f"{n_train} training rows are not enough to split with "
+            f"validation_split={validation_split}: the fit or validation part would be empty"
+        )
+    return split_at
 
 
 @dataclass
@@ -94,6 +110,6 @@ def simulate(cfg: Config, k: int) -> TrialData:
     perm = np.random.default_rng(stream(cfg.seed, k, STREAM_SPLIT)).permutation(d.n_obs)
     n_test = test_size(d.n_obs, d.test_fraction)
     test, train = perm[:n_test], perm[n_test:]
-    fit = train[: keras_fit_size(len(train), cfg.networks.validation_split)]
+    fit = train[: keras_split(len(train), cfg.networks.validation_split)]
     info.update(ground_truth=d.kernel, formulas=cfg.formulas, n_train=len(train), n_test=n_test)
     return TrialData(x=x, y=y, train=train, test=test, fit=fit, info=info)

@@ -22,7 +22,7 @@ def solve(k_train: np.ndarray, y: np.ndarray, ridge: float = 0.0, overwrite: boo
     c, ok = lapack.dpotrf(a, lower=1, clean=0, overwrite_a=0)
     if ok == 0:
         alpha = scipy.linalg.cho_solve((c, True), y, check_finite=False)
-        rcond, _ = lapack.dpocon(c, anorm, lower=1)
+        rcond, _ = lapack.dpocon(c, anorm, uplo="L")
         info["solver"] = "cholesky"
     else:
         lu, piv, ok = lapack.dgetrf(a, overwrite_a=0)

@@ -44,7 +44,7 @@ def paired_difference(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> dict
 
 
 def summarize(df: pd.DataFrame, methods: list[str]) -> dict:
-    """``df``: tidy rows (trial, method, rmse, status). Failed trials are counted, never averaged."""
+    """``df``: tidy rows (trial, method, rmse, status). Failed trials are counted, not averaged."""
     ok = df[df.status == "ok"]
     wide = ok.pivot_table(index="trial", columns="method", values="rmse")
     per_method = {m: method_stats(ok.loc[ok.method == m, "rmse"].to_numpy()) for m in methods}

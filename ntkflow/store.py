@@ -67,10 +67,12 @@ class Store:
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())
 
-    def write_json(self, rel: str, payload: dict, checksum: bool = False) -> None:
+    def write_json(self, rel: str, payload: dict, checksum: bool = False, sort_keys=True) -> None:
         if checksum:
             payload = {**payload, "sha256": hashlib.sha256(_canonical(payload)).hexdigest()}
-        self.write_bytes(rel, json.dumps(payload, indent=1, sort_keys=True, default=str).encode())
+        self.write_bytes(
+            rel, json.dumps(payload, indent=1, sort_keys=sort_keys, default=str).encode()
+        )
 
     def read_json(self, rel: str, verify: bool = False) -> dict[str, Any] | None:
         """The record at ``rel``, or None when it is missing or fails verification (logged)."""
@@ -91,7 +93,9 @@ class Store:
     def listdir(self, rel: str = "") -> list[str]:
         if not self.exists(rel):
             return []
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path(rel), detail=False))
+        return sorted(
+            p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path(rel), detail=False)
+        )
 
     def remove(self, rel: str) -> None:
         if self.exists(rel):
