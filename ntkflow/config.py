@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,7 +94,7 @@ class NetworksConfig(_Strict):
     def _epochs_per_depth(self) -> NetworksConfig:
         if len(self.epochs) != len(self.depths):
             raise ValueError(
-                f"epochs {self.epochs} must give one entry per depth in depths {self.depths}"
+                f"epochs: {self.epochs} must give one entry per depth in depths {self.depths}"
             )
         return self
 
@@ -141,12 +142,12 @@ class Config(_Strict):
         n_test = test_size(self.data.n_obs, self.data.test_fraction)
         if not 2 <= self.data.n_obs - n_test:
             raise ValueError(
-                f"data.n_obs={self.data.n_obs} with test_fraction={self.data.test_fraction} "
-                "leaves fewer than 2 training rows"
+                f"data.n_obs: {self.data.n_obs} rows with test_fraction "
+                f"{self.data.test_fraction} leave fewer than 2 training rows"
             )
         bad = [k for k in self.faults.fail_trials if not 0 <= k < self.trials]
         if bad:
-            raise ValueError(f"faults.fail_trials {bad} outside 0..{self.trials - 1}")
+            raise ValueError(f"faults.fail_trials: {bad} outside 0..{self.trials - 1}")
         return self
 
     # ---- derived values -------------------------------------------------------------------
@@ -244,12 +245,16 @@ def validate(raw: dict[str, Any]) -> Config:
     except ValidationError as e:
         errors = []
         for err in e.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
+            field, msg = _field_name(err["loc"]), err["msg"].removeprefix("Value error, ")
+            cross = re.match(r"([a-z_.]+): (.*)", msg, re.S)
+            if cross:  # a model-level check names its field itself: "networks.epochs: ..."
+                prefix = field + "." if field != "(config)" else ""
+                field, msg = prefix + cross[1], cross[2]
+            elif err["type"] == "extra_forbidden":
                 msg = "unknown key"
-            if "input" in err and err["type"] not in ("missing",):
+            elif "input" in err and err["type"] != "missing":
                 msg = f"{msg} (got {err['input']!r})"
-            errors.append((_field_name(err["loc"]), msg))
+            errors.append((field, msg))
         raise ConfigError(errors) from None
 
 

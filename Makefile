@@ -1,0 +1,39 @@
+# ntkflow: `make run` runs the default experiment, `make test` the test suite; each sets up .venv.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PRESET  ?= quick
+ARGS    ?=
+
+.PHONY: venv run test test-fast bench lint clean
+
+venv: $(VENV)/.installed
+
+# torch first, pinned to the CPU build on disk/PyPI (a bare `torch` would pull CUDA wheels).
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+run: venv
+	$(BIN)/ntkflow run --preset $(PRESET) $(ARGS)
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q --timeout=900
+
+test-fast: venv
+	$(BIN)/pytest -q -m "not slow"
+
+bench: venv
+	$(BIN)/python benchmarks/gram.py
+	$(BIN)/python benchmarks/train_step.py --steps 200
+	$(BIN)/python benchmarks/kernels_only_run.py
+
+lint: venv
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

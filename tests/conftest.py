@@ -1,0 +1,55 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if has_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def prefect_home(tmp_path_factory):
+    """One Prefect home (SQLite database) for every end-to-end test of the session."""
+    return tmp_path_factory.mktemp("prefect-home")
+
+
+@pytest.fixture(scope="session")
+def run_cli(prefect_home):
+    """Run the real ``ntkflow`` command in a subprocess (embedded Prefect API unless given)."""
+
+    def run(*args, env=None, timeout=600):
+        full = {
+            **os.environ,
+            "PREFECT_HOME": str(prefect_home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            **(env or {}),
+        }
+        if not (env or {}).get("PREFECT_API_URL"):
+            full.pop("PREFECT_API_URL", None)
+        exe = shutil.which("ntkflow", path=str(Path(sys.executable).parent))
+        cmd = [exe] if exe else [sys.executable, "-m", "ntkflow.cli"]
+        return subprocess.run(
+            cmd + list(args), cwd=ROOT, env=full, capture_output=True, text=True, timeout=timeout
+        )
+
+    return run

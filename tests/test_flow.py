@@ -1,0 +1,167 @@
+"""The experiment flow end to end: real Prefect API, real LocalCluster, real stores on disk."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pandas as pd
+import pytest
+
+from ntkflow.config import load_config
+from ntkflow.store import Store
+
+pytestmark = pytest.mark.slow
+
+SMOKE = ["--preset", "smoke", "--set", "compute.n_workers=2"]
+
+
+def _summary(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_smoke_run_fails_one_trial_then_reruns_only_it(tmp_path, run_cli):
+    out = tmp_path / "runs"
+    args = [
+        "run",
+        *SMOKE,
+        "--out",
+        str(out),
+        "--set",
+        "faults.fail_trials=[1]",
+        "--set",
+        "faults.fail_once=true",
+    ]
+    first = run_cli(*args)
+    assert first.returncode == 1, first.stdout + first.stderr
+    run_dir = out / load_config("smoke").run_id
+    summary = _summary(run_dir)
+    assert summary["failed_trials"] == [1]
+    assert "injected fault" in summary["failures"][0]["error"]
+    assert summary["methods"]["NTKB1"]["n"] == 1
+    done = run_dir / "trials/000/result.json"
+    before = (done.stat().st_mtime_ns, done.read_bytes())
+
+    second = run_cli(*args)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "1 to compute" in second.stdout + second.stderr
+    assert (done.stat().st_mtime_ns, done.read_bytes()) == before  # not rewritten
+    summary = _summary(run_dir)
+    assert summary["failed_trials"] == []
+    cfg = load_config("smoke")
+    for m in cfg.methods:
+        assert summary["methods"][m]["n"] == 2, m
+    assert {"NN1", "NN2", "NTKB1", "K1"} <= set(summary["methods"])
+
+    # artifacts of the run
+    df = pd.read_parquet(run_dir / "results.parquet")
+    assert set(df.method) == set(cfg.methods) and (df.status == "ok").all() and len(df) == 22
+    assert df.loc[df.method == "NTKB1", "solver"].notna().all()
+    assert (run_dir / "boxplot.png").read_bytes()[:4] == b"\x89PNG"
+    assert "NTKB2" in (run_dir / "report.md").read_text()
+    for k in (0, 1):
+        t = run_dir / f"trials/{k:03d}"
+        assert (t / "data.zarr/zarr.json").exists() and (t / "gram/NTKJ2.zarr/zarr.json").exists()
+        curve = json.loads((t / "nets/NN2_curve.json").read_text())
+        assert curve["epoch"][0] == 0 and curve["epoch"][-1] == cfg.networks.epochs[1]
+        result = Store(run_dir).read_json(f"trials/{k:03d}/result.json", verify=True)
+        assert result["formulas"] == "exact" and result["versions"]["numpy"]
+    assert not (run_dir / "trials/001/error.json").exists()
+    assert "commit" in (run_dir / "config.yaml").read_text()
+
+    # re-aggregation from the store alone gives the same statistics
+    again = run_cli("report", str(run_dir))
+    assert again.returncode == 0, again.stderr
+    assert _summary(run_dir)["methods"] == summary["methods"]
+
+
+def test_persistent_failure_keeps_failing(tmp_path, run_cli):
+    out = tmp_path / "runs"
+    args = [
+        "run",
+        *SMOKE,
+        "--kernels-only",
+        "--out",
+        str(out),
+        "--set",
+        "faults.fail_trials=[0]",
+        "--set",
+        "trials=1",
+    ]
+    assert run_cli(*args).returncode == 1
+    res = run_cli(*args)
+    assert res.returncode == 1 and "failed" in res.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_against_a_real_prefect_server(tmp_path, prefect_home, run_cli):
+    """`prefect server start` on 127.0.0.1; the run reports its flow, tasks and artifacts there."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "server-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    env.pop("PREFECT_API_URL", None)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                urllib.request.urlopen(f"{api}/health", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail("prefect server did not start")
+                time.sleep(1)
+        out = tmp_path / "runs"
+        res = run_cli(
+            "run", *SMOKE, "--kernels-only", "--out", str(out), env={"PREFECT_API_URL": api}
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert api in res.stderr and "embedded" not in res.stderr
+
+        def post(path, body):
+            req = urllib.request.Request(
+                f"{api}/{path}",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            return json.loads(urllib.request.urlopen(req, timeout=10).read())
+
+        flows = post("flow_runs/filter", {})
+        assert [f["state_type"] for f in flows] == ["COMPLETED"]
+        tasks = post("task_runs/filter", {})
+        names = {t["name"] for t in tasks}
+        assert {"trial-000", "trial-001", "aggregate"} <= names
+        assert all(t["state_type"] == "COMPLETED" for t in tasks)
+        kinds = {a["type"] for a in post("artifacts/filter", {})}
+        assert {"progress", "table", "markdown"} <= kinds
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

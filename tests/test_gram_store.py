@@ -1,0 +1,88 @@
+"""Blockwise Grams through Dask and Zarr; the artifact store's atomic, verified records."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ntkflow import gram
+from ntkflow.kernels import kernel
+from ntkflow.store import Store
+
+
+def _x(n, seed=0):
+    x = np.random.default_rng(seed).uniform(-5, 7, (n, 15))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("n, block", [(97, 32), (64, 64), (50, 200), (131, 17)])
+@pytest.mark.parametrize("name", ["NTKB2", "K1", "GPJ1"])
+def test_blockwise_equals_in_memory(n, block, name):
+    k = kernel(name)
+    x = _x(n)
+    sym = gram.gram_dask(k, x, None, block)
+    assert sym.chunks[0][0] == min(block, n)
+    np.testing.assert_allclose(sym.compute(scheduler="sync"), k(x), rtol=1e-13, atol=1e-15)
+    y = _x(n // 2 + 3, seed=1)
+    rect = gram.gram_dask(k, y, x, block).compute(scheduler="sync")
+    # BLAS may sum the inner products of a sub-block in another order: rounding only
+    np.testing.assert_allclose(rect, k(y, x), rtol=1e-13, atol=1e-15)
+
+
+def test_symmetric_assembly_is_exactly_symmetric():
+    g = gram.gram_dask(kernel("NTKJ2"), _x(90), None, 25).compute(scheduler="sync")
+    np.testing.assert_array_equal(g, g.T)
+
+
+def test_zarr_round_trip_bit_identical(tmp_path):
+    k, x = kernel("NTKB1", formulas="published"), _x(120)
+    train, test = np.arange(0, 120, 2)[::-1], np.arange(1, 120, 2)
+    store = Store(tmp_path)
+    attrs = gram.write_gram(store.zarr_store("g.zarr"), k, x, train, test, block=40)
+    tt, te, read_attrs = gram.read_gram(store.zarr_store("g.zarr", read_only=True))
+    expect_tt = gram.gram_dask(k, x[train], None, 40).compute(scheduler="sync")
+    np.testing.assert_array_equal(tt, expect_tt)
+    np.testing.assert_array_equal(te, gram.gram_dask(k, x[test], x[train], 40).compute())
+    assert read_attrs["formulas"] == "published" and read_attrs["kernel"] == "NTKB1"
+    assert read_attrs["shapes"] == {"train_train": [60, 60], "test_train": [60, 60]}
+    assert attrs["complete"] and read_attrs["params"]["c"] == 2.0
+
+
+def test_incomplete_group_is_rejected(tmp_path):
+    import zarr
+
+    store = Store(tmp_path)
+    g = zarr.open_group(store.zarr_store("g.zarr"), mode="w")
+    g.attrs["complete"] = False
+    with pytest.raises(ValueError, match="incomplete"):
+        gram.read_gram(store.zarr_store("g.zarr", read_only=True))
+
+
+@pytest.mark.parametrize("root", ["local", "memory://ntkflow-test"])
+def test_store_json_verification(tmp_path, root):
+    store = Store(tmp_path if root == "local" else root)
+    store.write_json("a/result.json", {"x": 1, "y": [1, 2]}, checksum=True)
+    assert store.read_json("a/result.json", verify=True) == {"x": 1, "y": [1, 2]}
+    raw = store.read_bytes("a/result.json")
+    store.write_bytes("a/result.json", raw[: len(raw) // 2])  # truncated
+    assert store.read_json("a/result.json", verify=True) is None
+    tampered = json.loads(raw)
+    tampered["x"] = 2
+    store.write_bytes("a/result.json", json.dumps(tampered).encode())  # edited
+    assert store.read_json("a/result.json", verify=True) is None
+    assert store.read_json("missing.json") is None
+    assert store.listdir("a") == ["result.json"]  # no temporary files left behind
+
+
+def test_atomic_write_leaves_old_or_new(tmp_path):
+    store = Store(tmp_path)
+    store.write_text("f.txt", "old")
+
+    class Boom(bytes):
+        pass
+
+    # A writer that dies mid-write (here: a non-bytes payload fails inside write) leaves the
+    # target untouched; only a temporary sibling may remain, and it is never read as the target.
+    with pytest.raises(TypeError):
+        store.write_bytes("f.txt", object())
+    assert store.read_bytes("f.txt") == b"old"
