@@ -188,7 +188,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "formulas": "exact",
         "trials": 8,
-        "networks": {"width": 512, "epochs": [300, 300], "log_every": 10},
+        "networks": {"width": 512, "epochs": [800, 800], "log_every": 20},
     },
     "smoke": {
         "formulas": "exact",

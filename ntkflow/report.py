@@ -140,7 +140,7 @@ def markdown(summary: dict, cfg: Config) -> str:
         "",
         "## Test RMSE per method",
         "",
-        t[cols].to_markdown(floatfmt=".4f"),
+        _md_table(t[cols]),
         "",
         "SE is std(ddof=0)/√n as published; se_unbiased uses ddof=1.",
         "",
@@ -162,8 +162,8 @@ def markdown(summary: dict, cfg: Config) -> str:
             "|---|---|---|---|",
         ]
         lines += [
-            f"| {p['a']} − {p['b']} | {p['n']} | {p['mean_diff']:+.4f} | "
-            f"[{p['ci_low']:+.4f}, {p['ci_high']:+.4f}] |"
+            f"| {p['a']} − {p['b']} | {p['n']} | {p['mean_diff']:+.5f} | "
+            f"[{p['ci_low']:+.5f}, {p['ci_high']:+.5f}] |"
             for p in key
         ]
         lines.append("")
@@ -177,6 +177,21 @@ def markdown(summary: dict, cfg: Config) -> str:
             "recompute only them.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _md_table(t: pd.DataFrame) -> str:
+    head = "| method | " + " | ".join(t.columns) + " |"
+    rule = "|---|" + "---:|" * len(t.columns)
+    rows = [
+        f"| {m} | " + " | ".join(_fmt(v, c) for c, v in r.items()) + " |" for m, r in t.iterrows()
+    ]
+    return "\n".join([head, rule, *rows])
+
+
+def _fmt(v, col: str) -> str:
+    if pd.isna(v):
+        return "–"
+    return str(int(v)) if col == "n" else f"{v:.4f}"
 
 
 def _same_depth(a: str, b: str) -> bool:

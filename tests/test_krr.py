@@ -35,9 +35,9 @@ def test_ridge_and_input_untouched():
     before = ktt.copy()
     pred, info = krr.predict(kte, ktt, y, ridge=0.1)
     np.testing.assert_array_equal(ktt, before)
-    np.testing.assert_allclose(
-        pred, kte @ np.linalg.solve(ktt + 0.1 * np.eye(len(y)), y), rtol=1e-10
-    )
+    direct = kte @ np.linalg.solve(ktt + 0.1 * np.eye(len(y)), y)
+    cond = np.linalg.cond(ktt + 0.1 * np.eye(len(y)), 1)
+    assert np.max(np.abs(pred - direct)) <= 50 * cond * np.finfo(float).eps * np.abs(direct).max()
     assert info["ridge"] == 0.1
 
 
