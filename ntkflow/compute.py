@@ -87,6 +87,23 @@ def torch_device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
+def to_device(x):
+    """``x`` as a CuPy array on a GPU worker (cupy importable and a device visible), else as is.
+
+    Gram blocks are then computed on the GPU; :func:`ntkflow.gram.write_gram` copies each block
+    to the host only to write it."""
+    try:
+        import cupy
+    except ImportError:
+        return x
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return x
+    except cupy.cuda.runtime.CUDARuntimeError:
+        return x
+    return cupy.asarray(x)
+
+
 def array_module(gpu: bool):
     """numpy, or cupy on a GPU worker."""
     if gpu:

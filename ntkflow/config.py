@@ -106,6 +106,7 @@ class ComputeConfig(_Strict):
     gram_block: int = Field(2048, ge=16)
     n_workers: int | None = Field(None, ge=1)
     threads_per_worker: int = Field(1, ge=1)
+    memory_budget_gb: float = Field(8.0, gt=0.0)  # largest Gram solved in memory
 
 
 class FaultsConfig(_Strict):

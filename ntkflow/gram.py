@@ -6,15 +6,25 @@ are transposes of their mirror images (no extra kernel evaluations).
 
 A Gram group ``trials/<k>/gram/<KERNEL>.zarr`` holds arrays ``train_train`` (n_train × n_train)
 and ``test_train`` (n_test × n_train) and attributes naming the kernel, variant, parameters,
-shapes and dtype; ``complete`` is set last, so a group interrupted mid-write never counts.
+shapes, dtype and a SHA-256 per array (over its chunks in order); ``complete`` is set last, so a
+group interrupted mid-write never counts, and a chunk changed on disk fails verification.
 """
 
 from __future__ import annotations
+
+import hashlib
+import itertools
 
 import dask
 import dask.array as da
 import numpy as np
 import zarr
+
+ARRAYS = ("train_train", "test_train")
+
+
+class CorruptArtifact(ValueError):
+    """A stored artifact is incomplete or fails its checksum: recompute it, never use it."""
 
 
 def _edges(n: int, block: int) -> list[slice]:
@@ -24,7 +34,6 @@ def _edges(n: int, block: int) -> list[slice]:
 def gram_dask(k, x1, x2=None, block: int = 2048) -> da.Array:
     """K(x1, x2) as a Dask array of ``block``-sized chunks; x2=None exploits symmetry."""
     rows = _edges(len(x1), block)
-    dtype = np.float64
 
     def piece(a, b, sym=False):
         shape = (a.stop - a.start, b.stop - b.start)
@@ -32,7 +41,7 @@ def gram_dask(k, x1, x2=None, block: int = 2048) -> da.Array:
             f = dask.delayed(k, pure=True)(x1[a], None)
         else:
             f = dask.delayed(k, pure=True)(x1[a], (x1 if x2 is None else x2)[b])
-        return da.from_delayed(f, shape=shape, dtype=dtype, meta=x1[:0, :0])
+        return da.from_delayed(f, shape=shape, dtype=np.float64, meta=x1[:0, :0])
 
     if x2 is None:
         upper = {
@@ -49,6 +58,21 @@ def gram_dask(k, x1, x2=None, block: int = 2048) -> da.Array:
         cols = _edges(len(x2), block)
         grid = [[piece(a, b) for b in cols] for a in rows]
     return da.block(grid)
+
+
+def _to_host(block):
+    """CuPy → NumPy for writing (the only device-to-host copy of a Gram block)."""
+    return block.get() if hasattr(block, "get") and not isinstance(block, np.ndarray) else block
+
+
+def checksum(array, chunks: tuple[int, int]) -> str:
+    """SHA-256 over the array's chunks in C order of the chunk grid (Zarr array or ndarray)."""
+    h = hashlib.sha256()
+    n0, n1 = array.shape
+    for i, j in itertools.product(range(0, n0, chunks[0]), range(0, n1, chunks[1])):
+        part = np.ascontiguousarray(array[i : i + chunks[0], j : j + chunks[1]], dtype="<f8")
+        h.update(part.tobytes())
+    return h.hexdigest()
 
 
 def write_gram(zstore, k, x, train, test, block: int = 2048, scheduler="threads") -> dict:
@@ -81,15 +105,64 @@ def write_gram(zstore, k, x, train, test, block: int = 2048, scheduler="threads"
         )
         for name, a in arrays.items()
     ]
-    da.store(list(arrays.values()), targets, lock=False, scheduler=scheduler)
-    group.attrs["complete"] = True
-    return {**attrs, "complete": True}
+    sources = [
+        a.map_blocks(_to_host, dtype=np.float64, meta=np.empty((0, 0))) for a in arrays.values()
+    ]
+    da.store(sources, targets, lock=False, scheduler=scheduler)
+    # Checksums of what is on disk (read back chunk by chunk: bounded memory).
+    sums = {t.basename: checksum(t, t.chunks) for t in targets}
+    group.attrs.update({"sha256": sums, "complete": True})
+    return {**attrs, "sha256": sums, "complete": True}
+
+
+def open_gram(zstore) -> tuple[zarr.Group, dict]:
+    """The group and its attributes; CorruptArtifact if it is missing or incomplete."""
+    try:
+        group = zarr.open_group(zstore, mode="r")
+        attrs = dict(group.attrs)
+    except Exception as e:  # missing or unreadable metadata
+        raise CorruptArtifact(f"unreadable Gram group {zstore}: {e}") from e
+    if not attrs.get("complete"):
+        raise CorruptArtifact(f"incomplete Gram group {zstore}")
+    return group, attrs
+
+
+def read_array(group: zarr.Group, name: str, attrs: dict, out: np.ndarray | None = None):
+    """One verified array of a Gram group, optionally into a preallocated buffer ``out``."""
+    arr = group[name]
+    try:
+        data = arr[...] if out is None else _fill(out, arr)
+    except Exception as e:  # truncated or missing chunk files
+        raise CorruptArtifact(f"unreadable {name} in {group.store}: {e}") from e
+    if checksum(data, arr.chunks) != attrs.get("sha256", {}).get(name):
+        raise CorruptArtifact(f"checksum mismatch for {name} in {group.store}")
+    return data
+
+
+def verify_array(group: zarr.Group, name: str, attrs: dict) -> None:
+    """Stream the stored array's chunks through the checksum (bounded memory)."""
+    arr = group[name]
+    try:
+        ok = checksum(arr, arr.chunks) == attrs.get("sha256", {}).get(name)
+    except Exception as e:  # truncated or missing chunk files
+        raise CorruptArtifact(f"unreadable {name} in {group.store}: {e}") from e
+    if not ok:
+        raise CorruptArtifact(f"checksum mismatch for {name} in {group.store}")
+
+
+def _fill(out: np.ndarray, arr) -> np.ndarray:
+    for i in range(0, arr.shape[0], arr.chunks[0]):
+        out[i : i + arr.chunks[0]] = arr[i : i + arr.chunks[0]]
+    return out
 
 
 def read_gram(zstore) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(train_train, test_train, attrs); raises ValueError if the group is incomplete."""
-    group = zarr.open_group(zstore, mode="r")
-    attrs = dict(group.attrs)
-    if not attrs.get("complete"):
-        raise ValueError(f"incomplete Gram group {zstore}")
-    return group["train_train"][...], group["test_train"][...], attrs
+    """(train_train, test_train, attrs), verified; CorruptArtifact otherwise."""
+    group, attrs = open_gram(zstore)
+    return read_array(group, "train_train", attrs), read_array(group, "test_train", attrs), attrs
+
+
+def as_dask(zstore, name: str) -> da.Array:
+    """A stored Gram array as a Dask array over its Zarr chunks (for blockwise solves)."""
+    group, _ = open_gram(zstore)
+    return da.from_zarr(group[name])

@@ -15,6 +15,8 @@ what is missing or corrupt (a record that fails its checksum is logged and recom
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import platform
 import time
 import traceback
@@ -22,11 +24,14 @@ import traceback
 import numpy as np
 import zarr
 
-from ntkflow import gram, krr
+from ntkflow import compute, gram, krr
 from ntkflow.config import Config
 from ntkflow.data import STREAM_NETS, TrialData, simulate, stream
+from ntkflow.gram import CorruptArtifact
 from ntkflow.kernels import kernel
 from ntkflow.store import Store
+
+log = logging.getLogger(__name__)
 
 
 class InjectedFault(RuntimeError):
@@ -53,59 +58,99 @@ def inject_fault(cfg: Config, store: Store, k: int) -> None:
 
 
 # ---- data -------------------------------------------------------------------------------------
+DATA_ARRAYS = ("x", "y", "train", "test", "fit")
+
+
+def _data_digest(arrays: dict) -> str:
+    h = hashlib.sha256()
+    for name in DATA_ARRAYS:
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def ensure_data(cfg: Config, store: Store, k: int) -> str:
-    """Simulate trial k's data into ``data.zarr`` unless a complete copy is there."""
+    """Simulate trial k's data into ``data.zarr`` unless a verified copy is there."""
     rel = f"{trial_dir(k)}/data.zarr"
-    if _complete(store, rel):
+    try:
+        load_data(store, k)
         return rel
+    except CorruptArtifact as e:
+        if store.exists(rel):
+            log.warning("recomputing %s: %s", rel, e)
     d = simulate(cfg, k)
     group = zarr.open_group(store.zarr_store(rel), mode="w")
-    for name in ("x", "y", "train", "test", "fit"):
-        group.create_array(name, data=np.asarray(getattr(d, name)))
-    group.attrs.update({**_plain(d.info), "complete": True})
+    arrays = {name: np.asarray(getattr(d, name)) for name in DATA_ARRAYS}
+    for name, a in arrays.items():
+        group.create_array(name, data=a)
+    group.attrs.update({**_plain(d.info), "sha256": _data_digest(arrays), "complete": True})
     return rel
 
 
 def load_data(store: Store, k: int) -> TrialData:
-    group = zarr.open_group(store.zarr_store(f"{trial_dir(k)}/data.zarr", read_only=True), mode="r")
-    arrays = {name: group[name][...] for name in ("x", "y", "train", "test", "fit")}
-    return TrialData(**arrays, info=dict(group.attrs))
-
-
-def _complete(store: Store, rel: str) -> bool:
-    if not store.exists(f"{rel}/zarr.json"):
-        return False
+    """Trial k's verified data; CorruptArtifact if missing, incomplete or altered."""
+    rel = f"{trial_dir(k)}/data.zarr"
     try:
-        return bool(
-            zarr.open_group(store.zarr_store(rel, read_only=True), mode="r").attrs.get("complete")
-        )
-    except Exception:  # unreadable metadata counts as missing
-        return False
+        group = zarr.open_group(store.zarr_store(rel, read_only=True), mode="r")
+        attrs = dict(group.attrs)
+        arrays = {name: group[name][...] for name in DATA_ARRAYS}
+    except Exception as e:  # missing or unreadable
+        raise CorruptArtifact(f"unreadable {rel}: {e}") from e
+    if not attrs.get("complete") or attrs.get("sha256") != _data_digest(arrays):
+        raise CorruptArtifact(f"{rel} is incomplete or fails its checksum")
+    return TrialData(**arrays, info={k_: v for k_, v in attrs.items() if k_ != "complete"})
 
 
 # ---- kernel regression ------------------------------------------------------------------------
 def kernel_item(cfg: Config, store: Store, k: int, name: str, scheduler="threads") -> dict:
-    """Gram of kernel ``name`` → Zarr → kernel regression → test RMSE and solve diagnostics."""
+    """Gram of kernel ``name`` → Zarr → kernel regression → test RMSE and solve diagnostics.
+
+    A verified Gram already in the store is reused; a missing, incomplete or corrupted one is
+    (re)computed.
+    """
     rel = f"{trial_dir(k)}/items/{name}.json"
     done = store.read_json(rel, verify=True)
     if done is not None:
         return done
     t0 = time.perf_counter()
     d = load_data(store, k)
-    kern = kernel(name, formulas=cfg.formulas)
     zrel = f"{trial_dir(k)}/gram/{name}.zarr"
-    gram.write_gram(
-        store.zarr_store(zrel),
-        kern,
-        d.x,
-        d.train,
-        d.test,
-        block=cfg.compute.gram_block,
-        scheduler=scheduler,
-    )
-    t1 = time.perf_counter()
-    k_tt, k_te, _ = gram.read_gram(store.zarr_store(zrel, read_only=True))
-    pred, info = krr.predict(k_te, k_tt, d.y[d.train], ridge=cfg.krr.ridge)
+    budget = cfg.compute.memory_budget_gb * 1e9
+
+    def solve():
+        return krr.predict_stored(
+            store.zarr_store(zrel, read_only=True),
+            d.y[d.train],
+            ridge=cfg.krr.ridge,
+            memory_budget=budget,
+            scheduler=scheduler,
+        )
+
+    try:
+        _, attrs = gram.open_gram(store.zarr_store(zrel, read_only=True))
+        if (attrs["kernel"], attrs["formulas"]) != (name, cfg.formulas):
+            raise gram.CorruptArtifact(f"{zrel} holds {attrs['kernel']}/{attrs['formulas']}")
+        t1 = time.perf_counter()
+        pred, info = solve()
+        reused = True
+    except gram.CorruptArtifact as e:
+        if store.exists(zrel):
+            log.warning("recomputing %s: %s", zrel, e)
+        kern = kernel(name, formulas=cfg.formulas)
+        x = compute.to_device(d.x)
+        attrs = gram.write_gram(
+            store.zarr_store(zrel),
+            kern,
+            x,
+            d.train,
+            d.test,
+            block=cfg.compute.gram_block,
+            scheduler=scheduler,
+        )
+        t1 = time.perf_counter()
+        pred, info = solve()
+        reused = False
     record = {
         "method": name,
         "kind": "kernel",
@@ -114,6 +159,8 @@ def kernel_item(cfg: Config, store: Store, k: int, name: str, scheduler="threads
         "seconds_gram": t1 - t0,
         "seconds_solve": time.perf_counter() - t1,
         "gram": zrel,
+        "gram_reused": reused,
+        "gram_sha256": attrs["sha256"],
     }
     store.write_json(rel, record, checksum=True)
     return record
@@ -214,6 +261,10 @@ def finish(cfg: Config, store: Store, k: int, items: list[dict], versions: dict)
         "run_id": cfg.run_id,
         "data": d.info,
         "methods": {item["method"]: item for item in items},
+        "manifest": {
+            "data.zarr": d.info.get("sha256"),
+            **{item["gram"]: item["gram_sha256"] for item in items if "gram" in item},
+        },
         "versions": versions,
         "host": platform.node(),
     }
