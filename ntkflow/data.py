@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg
+from scipy.linalg import blas, lapack
 
 from ntkflow.config import Config, test_size
 from ntkflow.kernels import kernel
+from ntkflow.krr import restore_lower
 
 STREAM_X, STREAM_Y, STREAM_SPLIT, STREAM_NETS = range(4)
 
@@ -36,26 +38,27 @@ def unit_rows(n: int, d: int, rng: np.random.Generator, low=-5.0, high=7.0) -> n
 
 
 def sample_gp(h: np.ndarray, rng: np.random.Generator, max_steps: int = 10):
-    """One draw y ~ N(0, H).
+    """One draw y ~ N(0, H), factorising ``H`` in place (it is overwritten).
 
     Cholesky with the smallest jitter that works: 0, then 1e-12·mean(diag H)·10^j for
     j = 0..max_steps-1; if none works, an eigen-decomposition with negative eigenvalues clipped.
-    ``H`` is overwritten (in-place factorisation keeps one n×n matrix). Returns ``(y, info)``.
+    LAPACK's Cholesky leaves the strict upper triangle untouched, so after a failed attempt H is
+    rebuilt from it: one n×n matrix in memory, whatever the number of attempts. Returns
+    ``(y, info)``.
     """
     n = h.shape[0]
+    a = h if h.flags.f_contiguous else h.T  # symmetric: the transpose view is Fortran-ordered
     z = rng.standard_normal(n)
-    scale = float(np.mean(np.diag(h)))
-    diag = np.diag(h).copy()
-    jitters = [0.0] + [1e-12 * scale * 10.0**j for j in range(max_steps)]
-    for jitter in jitters:
-        np.fill_diagonal(h, diag + jitter)
-        try:
-            lower = scipy.linalg.cholesky(h, lower=True, overwrite_a=False, check_finite=False)
-        except np.linalg.LinAlgError:
-            continue
-        return lower @ z, {"sampler": "cholesky", "jitter": jitter, "clipped_eigenvalues": 0}
-    np.fill_diagonal(h, diag)
-    w, v = scipy.linalg.eigh(h, overwrite_a=True, check_finite=False)
+    diag = a.diagonal().copy()
+    scale = float(diag.mean())
+    for jitter in [0.0] + [1e-12 * scale * 10.0**j for j in range(max_steps)]:
+        a[np.diag_indices(n)] = diag + jitter
+        c, failed = lapack.dpotrf(a, lower=1, clean=0, overwrite_a=1)
+        if not failed:
+            y = blas.dtrmv(c, z, lower=1)  # L z, reading only the lower triangle
+            return y, {"sampler": "cholesky", "jitter": jitter, "clipped_eigenvalues": 0}
+        restore_lower(a, diag)
+    w, v = scipy.linalg.eigh(a, overwrite_a=True, check_finite=False)
     clipped = int(np.sum(w < 0))
     y = v @ (np.sqrt(np.clip(w, 0.0, None)) * z)
     return y, {"sampler": "eigh", "jitter": 0.0, "clipped_eigenvalues": clipped}

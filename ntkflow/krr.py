@@ -29,7 +29,7 @@ def _one_norm(a: np.ndarray) -> float:
     )
 
 
-def _restore_lower(a: np.ndarray, diag: np.ndarray) -> None:
+def restore_lower(a: np.ndarray, diag: np.ndarray) -> None:
     """Rebuild the lower triangle and diagonal of symmetric ``a`` from its strict upper part."""
     n = len(a)
     for i in range(0, n, _BLOCK):
@@ -57,7 +57,7 @@ def solve(k_train: np.ndarray, y: np.ndarray, ridge: float = 0.0, in_place: bool
         rcond, _ = lapack.dpocon(c, anorm, uplo="L")
         info["solver"] = "cholesky"
     else:
-        _restore_lower(a, diag)
+        restore_lower(a, diag)
         lu, piv, ok = lapack.dgetrf(a, overwrite_a=0)
         if ok == 0:
             alpha = scipy.linalg.lu_solve((lu, piv), y, check_finite=False)
