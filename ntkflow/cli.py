@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -70,13 +71,15 @@ def _load(args):
 
 def cmd_run(args) -> int:
     cfg = _load(args)  # every config error surfaces here, before any work
+    # Dask's INFO chatter (worker start/stop, closed comms at shutdown) hides the progress lines.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     from flows.experiment import experiment
     from flows.runtime import prefect_api, task_runner
     from ntkflow.report import versions
     from ntkflow.store import Store
 
     store = Store(args.out).child(cfg.run_id)
-    store.write_text("config.yaml", to_yaml(cfg) + "# provenance\n" + to_yaml_versions(versions()))
+    store.write_text("config.yaml", to_yaml(cfg, provenance=versions()))
     print(f"ntkflow: run {cfg.run_id} → {store.url}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     failed = None
@@ -97,10 +100,6 @@ def cmd_run(args) -> int:
     return 0
 
 
-def to_yaml_versions(v: dict) -> str:
-    return "".join(f"# {k}: {val}\n" for k, val in v.items())
-
-
 def cmd_report(args) -> int:
     import yaml
 
@@ -112,7 +111,9 @@ def cmd_report(args) -> int:
     if not store.exists("config.yaml"):
         print(f"ntkflow: {args.run_dir!r} is not a run folder (no config.yaml)", file=sys.stderr)
         return EXIT_CONFIG
-    cfg = validate(yaml.safe_load(store.read_bytes("config.yaml")))
+    raw = yaml.safe_load(store.read_bytes("config.yaml"))
+    raw.pop("provenance", None)
+    cfg = validate(raw)
     summary = aggregate(cfg, store, {"reaggregated": True})
     _print_summary(summary, store.url, None)
     return 1 if summary["failed_trials"] else 0

@@ -303,5 +303,9 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
     return node
 
 
-def to_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+def to_yaml(cfg: Config, provenance: dict | None = None) -> str:
+    """The resolved config as YAML; ``provenance`` (versions, commit, run id) under its own key."""
+    d = cfg.model_dump(mode="json")
+    if provenance is not None:
+        d["provenance"] = {"run_id": cfg.run_id, **provenance}
+    return yaml.safe_dump(d, sort_keys=False)
