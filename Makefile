@@ -29,8 +29,10 @@ test-fast: venv
 
 bench: venv
 	$(BIN)/python benchmarks/gram.py
-	$(BIN)/python benchmarks/train_step.py --steps 200
+	$(BIN)/python benchmarks/gram_dask.py
 	$(BIN)/python benchmarks/kernels_only_run.py
+	$(BIN)/python benchmarks/trial_large.py
+	$(BIN)/python benchmarks/train_step.py --steps 50
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -25,7 +25,7 @@ from ntkflow import trial
 cfg = load_config("paper-corrected", overrides=["networks.enabled=false", "trials=1",
       f"data.n_obs={sys.argv[2]}", f"kernels=[{sys.argv[3]}]"])
 t = time.perf_counter()
-res = trial.run_trial(cfg, Store(sys.argv[1]), 0)
+res = trial.run_trial(cfg, Store(sys.argv[1]), 0, scheduler="threads")
 print("WALL", time.perf_counter() - t)
 for m, r in res["methods"].items():
     print("ITEM", m, r["rmse"], r["solver"], r["seconds_gram"], r["seconds_solve"])

@@ -103,11 +103,13 @@ def load_data(store: Store, k: int) -> TrialData:
 
 
 # ---- kernel regression ------------------------------------------------------------------------
-def kernel_item(cfg: Config, store: Store, k: int, name: str, scheduler="threads") -> dict:
+def kernel_item(cfg: Config, store: Store, k: int, name: str, scheduler="sync") -> dict:
     """Gram of kernel ``name`` → Zarr → kernel regression → test RMSE and solve diagnostics.
 
     A verified Gram already in the store is reused; a missing, incomplete or corrupted one is
-    (re)computed.
+    (re)computed. Blocks run one after another (``scheduler="sync"``): the kernel already spreads
+    each block over the process's threads, so running blocks in parallel would only oversubscribe
+    the cores and hold more blocks in memory.
     """
     rel = f"{trial_dir(k)}/items/{name}.json"
     done = store.read_json(rel, verify=True)
@@ -291,7 +293,7 @@ def run_trial(
     k: int,
     versions: dict | None = None,
     device: str = "cpu",
-    scheduler="threads",
+    scheduler="sync",
 ) -> dict:
     """All of trial k in one process (the flow splits the same steps into tasks)."""
     done = load_result(store, k)
