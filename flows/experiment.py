@@ -18,6 +18,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.futures import as_completed
+from prefect.states import Failed
 
 from ntkflow import compute, report
 from ntkflow import trial as tr
@@ -160,8 +161,10 @@ def experiment(cfg: Config, out: str) -> dict:
     )
     create_markdown_artifact(store.read_bytes("report.md").decode(), key=f"report-{cfg.run_id}")
     if summary["failed_trials"]:
-        raise RuntimeError(
-            f"{len(summary['failed_trials'])} trial(s) failed: {summary['failed_trials']}; "
-            f"rerun the same command to recompute only those (summary: {store.url}/summary.json)"
+        # A Failed state, not an exception: the run is marked failed without a traceback.
+        return Failed(
+            message=f"{len(summary['failed_trials'])} trial(s) failed: "
+            f"{summary['failed_trials']}; rerun the same command to recompute only those "
+            f"(summary: {store.url}/summary.json)"
         )
     return summary
