@@ -45,14 +45,6 @@ def _transient(task, task_run, state) -> bool:
 RETRY = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": _transient}
 
 
-def _guard(store: Store, k: int, fn, *args):
-    try:
-        return fn(*args)
-    except Exception as exc:
-        tr.record_error(store, k, exc)
-        raise
-
-
 @task(task_run_name="trial-{k:03d}", **RETRY)
 def trial_task(cfg: Config, out: str, k: int, versions: dict) -> dict:
     """Data and every kernel of trial k; finishes the trial when it has no networks."""
@@ -61,15 +53,11 @@ def trial_task(cfg: Config, out: str, k: int, versions: dict) -> dict:
     if done is not None:
         return {"trial": k, "status": "reused"}
 
-    def body():
-        tr.inject_fault(cfg, store, k)
-        tr.ensure_data(cfg, store, k)
-        items = [tr.kernel_item(cfg, store, k, name) for name in cfg.kernels]
-        if not cfg.networks.enabled:
+    with tr.recording_errors(store, k):
+        items = tr.run_kernels(cfg, store, k)
+        if not cfg.networks.enabled:  # no network tasks follow: the trial ends here
             tr.finish(cfg, store, k, items, versions)
-        return {"trial": k, "status": "kernels-done" if cfg.networks.enabled else "ok"}
-
-    return _guard(store, k, body)
+    return {"trial": k, "status": "kernels-done" if cfg.networks.enabled else "ok"}
 
 
 @task(task_run_name="trial-{k:03d}/train/NN{depth}", **RETRY)
@@ -79,7 +67,8 @@ def train_task(cfg: Config, out: str, k: int, depth: int) -> dict:
 
     store = Store(out)
     set_torch_threads(cfg.compute.threads_per_worker)
-    item = _guard(store, k, tr.network_item, cfg, store, k, depth, compute.torch_device())
+    with tr.recording_errors(store, k):
+        item = tr.network_item(cfg, store, k, depth, compute.torch_device())
     return {"trial": k, "method": item["method"], "rmse": item["rmse"]}
 
 

@@ -102,12 +102,3 @@ def to_device(x):
     except cupy.cuda.runtime.CUDARuntimeError:
         return x
     return cupy.asarray(x)
-
-
-def array_module(gpu: bool):
-    """numpy, or cupy on a GPU worker."""
-    if gpu:
-        return _require("cupy")
-    import numpy
-
-    return numpy

@@ -15,6 +15,7 @@ what is missing or corrupt (a record that fails its checksum is logged and recom
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import platform
@@ -275,16 +276,29 @@ def finish(cfg: Config, store: Store, k: int, items: list[dict], versions: dict)
     return result
 
 
-def record_error(store: Store, k: int, exc: BaseException) -> None:
-    store.write_json(
-        f"{trial_dir(k)}/error.json",
-        {
-            "trial": k,
-            "error": f"{type(exc).__name__}: {exc}",
-            "traceback": "".join(traceback.format_exception(exc))[-4000:],
-            "time": time.time(),
-        },
-    )
+@contextlib.contextmanager
+def recording_errors(store: Store, k: int):
+    """Write any failure of trial k's steps to its ``error.json`` (for the report), re-raise."""
+    try:
+        yield
+    except Exception as exc:
+        store.write_json(
+            f"{trial_dir(k)}/error.json",
+            {
+                "trial": k,
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": "".join(traceback.format_exception(exc))[-4000:],
+                "time": time.time(),
+            },
+        )
+        raise
+
+
+def run_kernels(cfg: Config, store: Store, k: int, scheduler="sync") -> list[dict]:
+    """The kernel part of trial k: faults, data, then every kernel's record."""
+    inject_fault(cfg, store, k)
+    ensure_data(cfg, store, k)
+    return [kernel_item(cfg, store, k, name, scheduler) for name in cfg.kernels]
 
 
 def run_trial(
@@ -295,20 +309,15 @@ def run_trial(
     device: str = "cpu",
     scheduler="sync",
 ) -> dict:
-    """All of trial k in one process (the flow splits the same steps into tasks)."""
+    """All of trial k in one process (the flow runs the same steps as separate tasks)."""
     done = load_result(store, k)
     if done is not None:
         return done
-    try:
-        inject_fault(cfg, store, k)
-        ensure_data(cfg, store, k)
-        items = [kernel_item(cfg, store, k, name, scheduler) for name in cfg.kernels]
+    with recording_errors(store, k):
+        items = run_kernels(cfg, store, k, scheduler)
         if cfg.networks.enabled:
             items += [network_item(cfg, store, k, L, device) for L in cfg.networks.depths]
         return finish(cfg, store, k, items, versions or {})
-    except Exception as exc:
-        record_error(store, k, exc)
-        raise
 
 
 def _plain(d: dict) -> dict:
