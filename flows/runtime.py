@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 from ntkflow import compute
 from ntkflow.config import Config
 
@@ -45,6 +47,34 @@ def _flush_logs() -> None:
             worker.drain_all(timeout=10)
         except Exception:  # noqa: BLE001 - best effort before shutting the server down
             pass
+
+
+class PrefectAPIPlugin(WorkerPlugin):
+    """Dask worker plugin: sets PREFECT_API_URL in each worker, also in workers that join later."""
+
+    name = "ntkflow-prefect-api"
+
+    def __init__(self, api_url: str):
+        self.api_url = api_url
+
+    def setup(self, worker) -> None:
+        os.environ["PREFECT_API_URL"] = self.api_url
+
+
+def point_workers_at(address: str, api_url: str) -> int:
+    """Export the run's Prefect API URL into every worker of an existing Dask cluster.
+
+    Workers started by hand do not inherit this process's environment; without the URL each one
+    would start a private ephemeral Prefect server and its task runs would be lost to the UI.
+    An embedded API listens on 127.0.0.1, so this reaches workers on this machine only: for
+    workers elsewhere, run `prefect server start` and set PREFECT_API_URL everywhere.
+    Returns the number of workers connected now.
+    """
+    from distributed import Client
+
+    with Client(address, timeout="30s") as client:
+        client.register_plugin(PrefectAPIPlugin(api_url))
+        return len(client.scheduler_info()["workers"])
 
 
 def task_runner(cfg: Config):

@@ -74,7 +74,7 @@ def cmd_run(args) -> int:
     # Dask's INFO chatter (worker start/stop, closed comms at shutdown) hides the progress lines.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     from flows.experiment import experiment
-    from flows.runtime import prefect_api, task_runner
+    from flows.runtime import point_workers_at, prefect_api, task_runner
     from ntkflow.report import versions
     from ntkflow.store import Store
 
@@ -85,6 +85,17 @@ def cmd_run(args) -> int:
     failed = None
     with prefect_api() as (api, embedded):
         print(f"ntkflow: Prefect API {api}{' (embedded)' if embedded else ''}", file=sys.stderr)
+        if cfg.compute.cluster not in ("local", "cuda"):
+            n = point_workers_at(cfg.compute.cluster, api)
+            print(
+                f"ntkflow: {n} worker(s) of {cfg.compute.cluster} report to {api}"
+                + (
+                    " (workers on other machines need PREFECT_API_URL set to a reachable server)"
+                    if embedded
+                    else ""
+                ),
+                file=sys.stderr,
+            )
         try:
             experiment.with_options(task_runner=task_runner(cfg))(cfg, store.url)
         except Exception as e:  # noqa: BLE001 - the summary below says what failed

@@ -165,3 +165,56 @@ def test_against_a_real_prefect_server(tmp_path, prefect_home, run_cli):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_existing_dask_cluster_by_address(tmp_path, run_cli):
+    """`--cluster ADDRESS`: hand-started scheduler and workers report to the run's Prefect API."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "worker-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    env.pop("PREFECT_API_URL", None)
+    bindir = os.path.dirname(sys.executable)
+    log = open(tmp_path / "workers.log", "w")
+    procs = [
+        subprocess.Popen(
+            [f"{bindir}/dask", "scheduler", "--port", str(port), "--dashboard-address", ":0"],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+    ]
+    address = f"tcp://127.0.0.1:{port}"
+    try:
+        time.sleep(3)
+        procs.append(
+            subprocess.Popen(
+                [f"{bindir}/dask", "worker", address, "--nworkers", "2", "--nthreads", "1"],
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+        )
+        res = run_cli(
+            "run",
+            "--preset",
+            "smoke",
+            "--kernels-only",
+            "--cluster",
+            address,
+            "--out",
+            str(tmp_path / "runs"),
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "2 worker(s) of" in res.stderr
+        summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+        assert summary["methods"]["NTKB1"]["n"] == 2
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            p.wait(timeout=30)
+        log.close()
+    # no worker started a private Prefect server of its own
+    assert "Starting temporary server" not in (tmp_path / "workers.log").read_text()
