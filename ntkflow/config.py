@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -172,8 +173,6 @@ class Config(_Strict):
 
 def test_size(n_obs: int, test_fraction: float) -> int:
     """SPEC §3: ceil(test_fraction · n_obs), robust to float noise (0.33·1000 → 330)."""
-    import math
-
     return math.ceil(round(test_fraction * n_obs, 9))
 
 

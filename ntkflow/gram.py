@@ -143,27 +143,27 @@ def open_gram(zstore) -> tuple[zarr.Group, dict]:
     return group, attrs
 
 
-def read_array(group: zarr.Group, name: str, attrs: dict, out: np.ndarray | None = None):
-    """One verified array of a Gram group, optionally into a preallocated buffer ``out``."""
+def _verified(group: zarr.Group, name: str, attrs: dict, load):
+    """``load(zarr_array)`` checked against the stored SHA-256; CorruptArtifact otherwise."""
     arr = group[name]
     try:
-        data = arr[...] if out is None else _fill(out, arr)
-    except Exception as e:  # truncated or missing chunk files
-        raise CorruptArtifact(f"unreadable {name} in {group.store}: {e}") from e
-    if checksum(data, arr.chunks) != attrs.get("sha256", {}).get(name):
-        raise CorruptArtifact(f"checksum mismatch for {name} in {group.store}")
-    return data
-
-
-def verify_array(group: zarr.Group, name: str, attrs: dict) -> None:
-    """Stream the stored array's chunks through the checksum (bounded memory)."""
-    arr = group[name]
-    try:
-        ok = checksum(arr, arr.chunks) == attrs.get("sha256", {}).get(name)
+        data = load(arr)
+        ok = checksum(data, arr.chunks) == attrs.get("sha256", {}).get(name)
     except Exception as e:  # truncated or missing chunk files
         raise CorruptArtifact(f"unreadable {name} in {group.store}: {e}") from e
     if not ok:
         raise CorruptArtifact(f"checksum mismatch for {name} in {group.store}")
+    return data
+
+
+def read_array(group: zarr.Group, name: str, attrs: dict, out: np.ndarray | None = None):
+    """One verified array of a Gram group, optionally into a preallocated buffer ``out``."""
+    return _verified(group, name, attrs, lambda arr: arr[...] if out is None else _fill(out, arr))
+
+
+def verify_array(group: zarr.Group, name: str, attrs: dict) -> None:
+    """Verify a stored array without loading it: the checksum streams its chunks."""
+    _verified(group, name, attrs, lambda arr: arr)
 
 
 def _fill(out: np.ndarray, arr) -> np.ndarray:

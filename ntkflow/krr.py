@@ -107,10 +107,9 @@ def predict(k_test_train: np.ndarray, k_train: np.ndarray, y_train: np.ndarray, 
     return k_test_train @ alpha, info
 
 
-def predict_stored(
-    zstore, y_train, y_test_shape=None, ridge=0.0, memory_budget=8e9, scheduler="threads"
-):
-    """Predictions from a verified Gram group in Zarr (see :mod:`ntkflow.gram`)."""
+def predict_stored(zstore, y_train, ridge=0.0, memory_budget=8e9, scheduler="threads"):
+    """Predictions from a verified Gram group in Zarr (see :mod:`ntkflow.gram`): in memory when
+    K(X, X) fits ``memory_budget`` bytes, else blockwise; every array is read once, verified."""
     from ntkflow import gram
 
     group, attrs = gram.open_gram(zstore)
@@ -120,15 +119,12 @@ def predict_stored(
         gram.read_array(group, "train_train", attrs, out=a)
         alpha, info = solve(a, y_train, ridge, in_place=True)
         del a
-    else:
-        log.info("Gram of %d rows exceeds the memory budget: blockwise solve", n)
-        gram.verify_array(group, "train_train", attrs)
-        alpha, info = solve_blockwise(
-            gram.as_dask(zstore, "train_train"), y_train, ridge, scheduler
-        )
-    gram.verify_array(group, "test_train", attrs)
-    k_te = gram.as_dask(zstore, "test_train")
-    pred = (k_te @ alpha).compute(scheduler=scheduler)
+        return gram.read_array(group, "test_train", attrs) @ alpha, info
+    log.info("Gram of %d rows exceeds the memory budget: blockwise solve", n)
+    for name in gram.ARRAYS:
+        gram.verify_array(group, name, attrs)
+    alpha, info = solve_blockwise(gram.as_dask(zstore, "train_train"), y_train, ridge, scheduler)
+    pred = (gram.as_dask(zstore, "test_train") @ alpha).compute(scheduler=scheduler)
     return np.asarray(pred), info
 
 
