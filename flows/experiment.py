@@ -8,6 +8,7 @@ so a rerun of the same experiment (same run id) skips finished trials and recomp
 from __future__ import annotations
 
 import os
+import random
 import time
 
 from prefect import flow, get_run_logger, task
@@ -49,15 +50,11 @@ RETRY = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": _transien
 def trial_task(cfg: Config, out: str, k: int, versions: dict) -> dict:
     """Data and every kernel of trial k; finishes the trial when it has no networks."""
     store = Store(out)
-    done = tr.load_result(store, k)
-    if done is not None:
-        return {"trial": k, "status": "reused"}
-
-    with tr.recording_errors(store, k):
-        items = tr.run_kernels(cfg, store, k)
-        if not cfg.networks.enabled:  # no network tasks follow: the trial ends here
-            tr.finish(cfg, store, k, items, versions)
-    return {"trial": k, "status": "kernels-done" if cfg.networks.enabled else "ok"}
+    with tr.recording_errors(store, k):  # under the trial's lease; waits for a live holder
+        status = tr.kernel_part(cfg, store, k, versions)
+    if status == tr.ELSEWHERE:
+        get_run_logger().info("trial-%03d was finished by another run", k)
+    return {"trial": k, "status": status}
 
 
 @task(task_run_name="trial-{k:03d}/train/NN{depth}", **RETRY)
@@ -68,19 +65,15 @@ def train_task(cfg: Config, out: str, k: int, depth: int) -> dict:
     store = Store(out)
     set_torch_threads(cfg.compute.threads_per_worker)
     with tr.recording_errors(store, k):
-        item = tr.network_item(cfg, store, k, depth, compute.torch_device())
+        item = tr.network_part(cfg, store, k, depth, compute.torch_device())
     return {"trial": k, "method": item["method"], "rmse": item["rmse"]}
 
 
 @task(task_run_name="trial-{k:03d}/result")
 def finish_task(cfg: Config, out: str, k: int, versions: dict) -> dict:
     store = Store(out)
-    if tr.load_result(store, k) is None:
-        items = [
-            store.read_json(f"{tr.trial_dir(k)}/items/{m}.json", verify=True) for m in cfg.methods
-        ]
-        tr.finish(cfg, store, k, items, versions)
-    return {"trial": k, "status": "ok"}
+    with tr.recording_errors(store, k):
+        return {"trial": k, "status": tr.finish_part(cfg, store, k, versions)}
 
 
 @task(task_run_name="aggregate")
@@ -108,7 +101,10 @@ def experiment(cfg: Config, out: str) -> dict:
     versions = report.versions()
     trials = list(range(cfg.trials))
     progress = create_progress_artifact(0.0, description=f"trials done of {cfg.trials}")
-    todo = [k for k in trials if tr.load_result(store, k) is None]
+    todo = [k for k in trials if tr.complete(cfg, store, k) is None]
+    # Each launch takes the trials in its own random order, so concurrent launches of the same
+    # run mostly compute different trials instead of waiting on each other's leases.
+    random.shuffle(todo)
     log.info(
         "run %s: %d trial(s), %d to compute, store %s",
         cfg.run_id,

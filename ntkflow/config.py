@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from ntkflow import keys
 from ntkflow.kernels import parse_kernel_name
 
 PAPER_KERNELS = ["NTKB1", "NTKB2", "NTKJ1", "NTKJ2", "NTKA1", "NTKA2", "GP1", "GP2", "K1"]
@@ -108,6 +109,10 @@ class ComputeConfig(_Strict):
     n_workers: int | None = Field(None, ge=1)
     threads_per_worker: int = Field(1, ge=1)
     memory_budget_gb: float = Field(8.0, gt=0.0)  # largest Gram solved in memory
+    # a trial's lease expires this long after its holder's last heartbeat (ntkflow.lease)
+    lease_seconds: float = Field(60.0, gt=0.0)
+    # reuse items computed by another code version (listed in summary.json) instead of redoing them
+    keep_stale: bool = False
 
 
 class FaultsConfig(_Strict):
@@ -154,16 +159,43 @@ class Config(_Strict):
 
     # ---- derived values -------------------------------------------------------------------
     def result_dict(self) -> dict[str, Any]:
-        """The part of the config that changes results (hashed into the run id)."""
-        d = self.model_dump(mode="json", exclude={"compute", "faults"})
-        if not d["networks"]["enabled"]:
-            d["networks"] = {"enabled": False}
-        return d
+        """What determines a trial's data (hashed into the run id): seed, formulas, data.*.
+
+        Not ``trials`` (trial k's data does not depend on how many there are), not the kernels
+        or networks (each item is keyed on its own: :meth:`item_key`), not compute, output
+        location or faults.
+        """
+        data = self.data.model_dump(mode="json")
+        return {"seed": self.seed, "formulas": self.formulas, "data": data}
 
     @property
     def run_id(self) -> str:
         blob = json.dumps(self.result_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+    def data_key(self) -> str:
+        """Key of every trial's data.zarr: the run id's fields + the data code version."""
+        return keys.item_key("data", self.result_dict())
+
+    def gram_key(self, name: str) -> str:
+        """A kernel's Gram: the kernel, the variant, the kernel code (not the ridge)."""
+        return keys.item_key("gram", {"kernel": name, "formulas": self.formulas})
+
+    def item_key(self, method: str) -> str:
+        """Key of a method's item: its own config section + its code version (ntkflow.keys)."""
+        if method.startswith("NN") and method[2:].isdigit():
+            depth = int(method[2:])
+            n = self.networks
+            skip = {"enabled", "depths", "epochs", "log_every"}
+            section = n.model_dump(mode="json", exclude=skip)
+            return keys.item_key(
+                "network", {**section, "depth": depth, "epochs": n.epochs[n.depths.index(depth)]}
+            )
+        krr = self.krr.model_dump(mode="json")
+        return keys.item_key("kernel", {"kernel": method, "formulas": self.formulas, "krr": krr})
+
+    def item_keys(self) -> dict[str, str]:
+        return {m: self.item_key(m) for m in self.methods}
 
     @property
     def methods(self) -> list[str]:

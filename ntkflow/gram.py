@@ -90,8 +90,11 @@ def checksum(array, chunks: tuple[int, int]) -> str:
     return h.hexdigest()
 
 
-def write_gram(zstore, k, x, train, test, block: int = 2048, scheduler="threads") -> dict:
-    """Compute K(X_train, X_train) and K(X_test, X_train) blockwise into the Zarr group."""
+def write_gram(
+    zstore, k, x, train, test, block: int = 2048, scheduler="threads", extra_attrs=None
+) -> dict:
+    """Compute K(X_train, X_train) and K(X_test, X_train) blockwise into the Zarr group
+    (``extra_attrs``, e.g. the item key, are stored with the kernel's attributes)."""
     xtr, xte = x[train], x[test]
     threads = 1 if scheduler == "threads" else None
     arrays = {
@@ -107,6 +110,7 @@ def write_gram(zstore, k, x, train, test, block: int = 2048, scheduler="threads"
         "dtype": "float64",
         "block": block,
         "complete": False,
+        **(extra_attrs or {}),
     }
     group.attrs.update(attrs)
     # Zarr chunks are the Dask blocks (aligned writes, no locks), and dense float64
@@ -131,22 +135,32 @@ def write_gram(zstore, k, x, train, test, block: int = 2048, scheduler="threads"
     return {**attrs, "sha256": sums, "complete": True}
 
 
-def open_gram(zstore) -> tuple[zarr.Group, dict]:
-    """The group and its attributes; CorruptArtifact if it is missing or incomplete."""
+def open_gram(zstore, shapes: dict | None = None) -> tuple[zarr.Group, dict]:
+    """The group and its attributes; CorruptArtifact if it is missing, incomplete, or its
+    arrays are not float64 of the recorded shapes (and of ``shapes`` when given)."""
     try:
         group = zarr.open_group(zstore, mode="r")
         attrs = dict(group.attrs)
-    except Exception as e:  # missing or unreadable metadata
-        raise CorruptArtifact(f"unreadable Gram group {zstore}: {e}") from e
-    if not attrs.get("complete"):
-        raise CorruptArtifact(f"incomplete Gram group {zstore}")
+        if not attrs.get("complete"):
+            raise CorruptArtifact(f"incomplete Gram group {zstore}")
+        for name in ARRAYS:
+            arr = group[name]
+            want = (shapes or attrs["shapes"])[name]
+            if list(arr.shape) != list(want) or list(want) != list(attrs["shapes"][name]):
+                raise CorruptArtifact(f"{name} in {zstore} has shape {arr.shape}, not {want}")
+            if arr.dtype != np.float64:
+                raise CorruptArtifact(f"{name} in {zstore} has dtype {arr.dtype}, not float64")
+    except CorruptArtifact:
+        raise
+    except Exception as e:  # missing or unreadable metadata, a group where an array belongs, …
+        raise CorruptArtifact(f"unreadable Gram group {zstore}: {type(e).__name__}: {e}") from e
     return group, attrs
 
 
 def _verified(group: zarr.Group, name: str, attrs: dict, load):
     """``load(zarr_array)`` checked against the stored SHA-256; CorruptArtifact otherwise."""
-    arr = group[name]
     try:
+        arr = group[name]
         data = load(arr)
         ok = checksum(data, arr.chunks) == attrs.get("sha256", {}).get(name)
     except Exception as e:  # truncated or missing chunk files

@@ -25,7 +25,7 @@ import traceback
 import numpy as np
 import zarr
 
-from ntkflow import compute, gram, krr
+from ntkflow import compute, gram, keys, krr, lease
 from ntkflow.config import Config
 from ntkflow.data import STREAM_NETS, TrialData, simulate, stream
 from ntkflow.gram import CorruptArtifact
@@ -58,6 +58,52 @@ def inject_fault(cfg: Config, store: Store, k: int) -> None:
     raise InjectedFault(f"injected fault in trial {k} (faults.fail_trials)")
 
 
+# ---- item records: keyed, verified, reused only when they are what the config asks for ------
+def item_rel(k: int, method: str) -> str:
+    return f"{trial_dir(k)}/items/{method}.json"
+
+
+def item_problem(cfg: Config, record: dict | None, method: str, data_sha: str | None) -> str:
+    """Why a stored item record cannot stand for ``method`` under ``cfg`` ('' if it can).
+
+    A record computed by another code version or config section (another key) is stale: it is
+    recomputed, or with ``compute.keep_stale`` kept (and listed as stale by the report).
+    """
+    if record is None:
+        return "missing or unreadable"
+    if record.get("method") != method:
+        return f"holds {record.get('method')!r}"
+    if data_sha is not None and record.get("data_sha256") != data_sha:
+        return "computed from other data"
+    if record.get("key") != cfg.item_key(method) and not cfg.compute.keep_stale:
+        return f"stale (key {record.get('key')}, current {cfg.item_key(method)})"
+    return ""
+
+
+def reusable_item(cfg: Config, store: Store, k: int, method: str, data_sha: str | None):
+    """The stored record of ``method`` if it can be reused as it is, else None (logged)."""
+    rel = item_rel(k, method)
+    record = store.read_json(rel, verify=True)
+    problem = item_problem(cfg, record, method, data_sha)
+    if problem and record is not None:
+        log.warning("recomputing %s: %s", rel, problem)
+    return None if problem else record
+
+
+def save_item(cfg: Config, store: Store, k: int, record: dict, data_sha: str) -> dict:
+    """Write a method's record with its key, code version and the data it was computed from."""
+    method = record["method"]
+    kind = "network" if record["kind"] == "network" else "kernel"
+    record = {
+        **record,
+        "key": cfg.item_key(method),
+        "code": keys.code_version(kind),
+        "data_sha256": data_sha,
+    }
+    store.write_json(item_rel(k, method), record, checksum=True)
+    return record
+
+
 # ---- data -------------------------------------------------------------------------------------
 DATA_ARRAYS = ("x", "y", "train", "test", "fit")
 
@@ -71,21 +117,47 @@ def _data_digest(arrays: dict) -> str:
     return h.hexdigest()
 
 
+def write_group(store: Store, rel: str, fill) -> dict:
+    """Write a Zarr group under a unique temporary name with ``fill(zarr_store)``, then commit
+    it to ``rel`` atomically: a half-written or foreign group never sits at ``rel``."""
+    tmp = store.temp_name(rel)
+    try:
+        out = fill(store.zarr_store(tmp))
+        store.commit_dir(tmp, rel)
+    finally:
+        store.remove(tmp)
+    return out
+
+
 def ensure_data(cfg: Config, store: Store, k: int) -> str:
     """Simulate trial k's data into ``data.zarr`` unless a verified copy is there."""
     rel = f"{trial_dir(k)}/data.zarr"
+    sweep(store, k)
     try:
-        load_data(store, k)
-        return rel
+        d = load_data(store, k)
+        if d.info.get("key") == cfg.data_key() or cfg.compute.keep_stale:
+            return rel
+        log.warning("recomputing %s: stale (key %s)", rel, d.info.get("key"))
     except CorruptArtifact as e:
         if store.exists(rel):
             log.warning("recomputing %s: %s", rel, e)
     d = simulate(cfg, k)
-    group = zarr.open_group(store.zarr_store(rel), mode="w")
     arrays = {name: np.asarray(getattr(d, name)) for name in DATA_ARRAYS}
-    for name, a in arrays.items():
-        group.create_array(name, data=a)
-    group.attrs.update({**_plain(d.info), "sha256": _data_digest(arrays), "complete": True})
+
+    def fill(zstore):
+        group = zarr.open_group(zstore, mode="w")
+        for name, a in arrays.items():
+            group.create_array(name, data=a)
+        group.attrs.update(
+            {
+                **_plain(d.info),
+                "key": cfg.data_key(),
+                "sha256": _data_digest(arrays),
+                "complete": True,
+            }
+        )
+
+    write_group(store, rel, fill)
     return rel
 
 
@@ -96,15 +168,52 @@ def load_data(store: Store, k: int) -> TrialData:
         group = zarr.open_group(store.zarr_store(rel, read_only=True), mode="r")
         attrs = dict(group.attrs)
         arrays = {name: group[name][...] for name in DATA_ARRAYS}
-    except Exception as e:  # missing or unreadable
-        raise CorruptArtifact(f"unreadable {rel}: {e}") from e
+    except Exception as e:  # missing or unreadable, whatever the reason
+        raise CorruptArtifact(f"unreadable {rel}: {type(e).__name__}: {e}") from e
     if not attrs.get("complete") or attrs.get("sha256") != _data_digest(arrays):
         raise CorruptArtifact(f"{rel} is incomplete or fails its checksum")
     return TrialData(**arrays, info={k_: v for k_, v in attrs.items() if k_ != "complete"})
 
 
+def data_sha(store: Store, k: int) -> str | None:
+    """The recorded digest of trial k's data (attributes only, not verified: cheap)."""
+    try:
+        rel = f"{trial_dir(k)}/data.zarr"
+        return zarr.open_group(store.zarr_store(rel, read_only=True), mode="r").attrs["sha256"]
+    except Exception:  # noqa: BLE001 - missing or unreadable: no data
+        return None
+
+
+STALE_AGE = 3600.0  # temporary files older than this belong to dead writers
+
+
+def sweep(store: Store, k: int) -> None:
+    """Remove what cannot belong in trial k's folder (logged): anything in ``gram/`` that is
+    not a ``<KERNEL>.zarr`` group (e.g. a ``gram/zarr.json`` group with arrays ``train_train``
+    beside the kernels, left by an interrupted writer of an old version), a ``zarr.json`` at the
+    trial's top level, leftovers of replaced artifacts and old temporary files."""
+    base = trial_dir(k)
+    strays = [f"{base}/zarr.json"] if store.exists(f"{base}/zarr.json") else []
+    for sub in ("", "/gram", "/items", "/nets"):
+        for name in store.listdir(base + sub):
+            rel = f"{base}{sub}/{name}"
+            if name.startswith(".trash-"):
+                strays.append(rel)
+            elif name.startswith(".tmp-"):
+                age = store.age(rel)
+                if age is not None and age > STALE_AGE:
+                    strays.append(rel)
+            elif sub == "/gram" and not name.endswith(".zarr"):
+                strays.append(rel)
+    for rel in strays:
+        log.warning("removing %s: it does not belong there", rel)
+        store.remove(rel)
+
+
 # ---- kernel regression ------------------------------------------------------------------------
-def kernel_item(cfg: Config, store: Store, k: int, name: str, scheduler="sync") -> dict:
+def kernel_item(
+    cfg: Config, store: Store, k: int, name: str, scheduler="sync", data: TrialData | None = None
+) -> dict:
     """Gram of kernel ``name`` → Zarr → kernel regression → test RMSE and solve diagnostics.
 
     A verified Gram already in the store is reused; a missing, incomplete or corrupted one is
@@ -112,14 +221,17 @@ def kernel_item(cfg: Config, store: Store, k: int, name: str, scheduler="sync") 
     each block over the process's threads, so running blocks in parallel would only oversubscribe
     the cores and hold more blocks in memory.
     """
-    rel = f"{trial_dir(k)}/items/{name}.json"
-    done = store.read_json(rel, verify=True)
+    d = data if data is not None else load_data(store, k)
+    sha = d.info["sha256"]
+    done = reusable_item(cfg, store, k, name, sha)
     if done is not None:
         return done
     t0 = time.perf_counter()
-    d = load_data(store, k)
     zrel = f"{trial_dir(k)}/gram/{name}.zarr"
     budget = cfg.compute.memory_budget_gb * 1e9
+    n_train, n_test = len(d.train), len(d.test)
+    shapes = {"train_train": [n_train, n_train], "test_train": [n_test, n_train]}
+    own = {"key": cfg.gram_key(name), "data_sha256": sha}
 
     def solve():
         return krr.predict_stored(
@@ -131,9 +243,13 @@ def kernel_item(cfg: Config, store: Store, k: int, name: str, scheduler="sync") 
         )
 
     try:
-        _, attrs = gram.open_gram(store.zarr_store(zrel, read_only=True))
+        _, attrs = gram.open_gram(store.zarr_store(zrel, read_only=True), shapes)
         if (attrs["kernel"], attrs["formulas"]) != (name, cfg.formulas):
             raise gram.CorruptArtifact(f"{zrel} holds {attrs['kernel']}/{attrs['formulas']}")
+        if attrs.get("data_sha256") != sha:
+            raise gram.CorruptArtifact(f"{zrel} was computed from other data")
+        if attrs.get("key") != own["key"] and not cfg.compute.keep_stale:
+            raise gram.CorruptArtifact(f"{zrel} is stale (key {attrs.get('key')})")
         t1 = time.perf_counter()
         pred, info = solve()
         reused = True
@@ -142,14 +258,19 @@ def kernel_item(cfg: Config, store: Store, k: int, name: str, scheduler="sync") 
             log.warning("recomputing %s: %s", zrel, e)
         kern = kernel(name, formulas=cfg.formulas)
         x = compute.to_device(d.x)
-        attrs = gram.write_gram(
-            store.zarr_store(zrel),
-            kern,
-            x,
-            d.train,
-            d.test,
-            block=cfg.compute.gram_block,
-            scheduler=scheduler,
+        attrs = write_group(
+            store,
+            zrel,
+            lambda zstore: gram.write_gram(
+                zstore,
+                kern,
+                x,
+                d.train,
+                d.test,
+                block=cfg.compute.gram_block,
+                scheduler=scheduler,
+                extra_attrs=own,
+            ),
         )
         t1 = time.perf_counter()
         pred, info = solve()
@@ -165,8 +286,7 @@ def kernel_item(cfg: Config, store: Store, k: int, name: str, scheduler="sync") 
         "gram_reused": reused,
         "gram_sha256": attrs["sha256"],
     }
-    store.write_json(rel, record, checksum=True)
-    return record
+    return save_item(cfg, store, k, record, sha)
 
 
 # ---- networks ---------------------------------------------------------------------------------
@@ -183,12 +303,12 @@ def network_item(cfg: Config, store: Store, k: int, depth: int, device: str = "c
     from ntkflow.train import train_network
 
     name = f"NN{depth}"
-    rel = f"{trial_dir(k)}/items/{name}.json"
-    done = store.read_json(rel, verify=True)
+    d = load_data(store, k)
+    sha = d.info["sha256"]
+    done = reusable_item(cfg, store, k, name, sha)
     if done is not None:
         return done
     n = cfg.networks
-    d = load_data(store, k)
     val = d.val
     seed = net_seed(cfg, k, depth)
     net = build_network(
@@ -216,7 +336,7 @@ def network_item(cfg: Config, store: Store, k: int, depth: int, device: str = "c
     )
     base = f"{trial_dir(k)}/nets/{name}"
     store.write_json(f"{base}_curve.json", {k_: v.tolist() for k_, v in res.curve.items()})
-    _write_npz(
+    npz_sha = _write_npz(
         store,
         f"{base}.npz",
         **{f"f0_{p}": v for p, v in res.f0.items()},
@@ -239,23 +359,46 @@ def network_item(cfg: Config, store: Store, k: int, depth: int, device: str = "c
         "device": res.device,
         "curve": f"{base}_curve.json",
         "predictions": f"{base}.npz",
+        "predictions_sha256": npz_sha,
     }
-    store.write_json(rel, record, checksum=True)
-    return record
+    return save_item(cfg, store, k, record, sha)
 
 
-def _write_npz(store: Store, rel: str, **arrays) -> None:
+def _write_npz(store: Store, rel: str, **arrays) -> str:
     import io
 
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     store.write_bytes(rel, buf.getvalue())
+    return hashlib.sha256(buf.getvalue()).hexdigest()
 
 
-# ---- the whole trial --------------------------------------------------------------------------
+# ---- the whole trial: manifest, completeness, verification ------------------------------------
+def _manifest_entry(store: Store, k: int, rel: str, sha) -> dict:
+    """A stored artifact's checksum(s) and its files with their sizes (rel: under the trial)."""
+    return {"sha256": sha, "files": store.files(f"{trial_dir(k)}/{rel}")}
+
+
 def finish(cfg: Config, store: Store, k: int, items: list[dict], versions: dict) -> dict:
-    """Assemble result.json (atomically, last) from the trial's item records."""
+    """Assemble result.json (atomically, last) from the trial's item records.
+
+    Methods of an earlier result that this config does not ask for (another kernel list) are
+    kept, with their manifest entries, so runs with different kernel lists share a trial.
+    """
     d = load_data(store, k)
+    old = load_result(store, k) or {}
+    keep = {m: it for m, it in (old.get("methods") or {}).items() if m not in cfg.methods}
+    methods = {**keep, **{item["method"]: item for item in items}}
+    if any(it.get("data_sha256") != d.info["sha256"] for it in methods.values()):
+        methods = {item["method"]: item for item in items}  # older items of other data: drop
+    manifest = {"data.zarr": _manifest_entry(store, k, "data.zarr", d.info["sha256"])}
+    for item in methods.values():
+        if "gram" in item:
+            rel = item["gram"].removeprefix(trial_dir(k) + "/")
+            manifest[rel] = _manifest_entry(store, k, rel, item["gram_sha256"])
+        if "predictions" in item:
+            rel = item["predictions"].removeprefix(trial_dir(k) + "/")
+            manifest[rel] = _manifest_entry(store, k, rel, item.get("predictions_sha256"))
     result = {
         "trial": k,
         "status": "ok",
@@ -263,16 +406,79 @@ def finish(cfg: Config, store: Store, k: int, items: list[dict], versions: dict)
         "formulas": cfg.formulas,
         "run_id": cfg.run_id,
         "data": d.info,
-        "methods": {item["method"]: item for item in items},
-        "manifest": {
-            "data.zarr": d.info.get("sha256"),
-            **{item["gram"]: item["gram_sha256"] for item in items if "gram" in item},
-        },
+        "methods": methods,
+        "manifest": manifest,
         "versions": versions,
+        "code": keys.code_versions(),
         "host": platform.node(),
     }
     store.write_json(f"{trial_dir(k)}/result.json", result, checksum=True)
     store.remove(f"{trial_dir(k)}/error.json")
+    return result
+
+
+def problems(cfg: Config, store: Store, k: int, result: dict | None, deep: bool = False):
+    """What is wrong with trial k's result for ``cfg`` (empty: complete and intact).
+
+    Always: the record verifies, belongs to this run id and variant, holds every method of
+    ``cfg`` with its current key, and every artifact of its manifest has exactly its files and
+    sizes (a deleted or truncated chunk is noticed without reading any data). ``deep``: also
+    the SHA-256 of every array and file (what ``ntkflow verify`` does).
+    """
+    if result is None:
+        return ["no result.json (or it fails its checksum)"]
+    out = []
+    if result.get("run_id") != cfg.run_id:
+        out.append(f"result of run {result.get('run_id')}, not of this run {cfg.run_id}")
+    if result.get("formulas") != cfg.formulas:
+        out.append(f"formulas {result.get('formulas')!r}, config says {cfg.formulas!r}")
+    methods = result.get("methods") or {}
+    sha = (result.get("data") or {}).get("sha256")
+    for m in cfg.methods:
+        why = item_problem(cfg, methods.get(m), m, sha)
+        if why:
+            out.append(f"{m}: {why}")
+    for rel, entry in (result.get("manifest") or {}).items():
+        if not isinstance(entry, dict):
+            out.append(f"{rel}: manifest entry of an older format")
+            continue
+        if store.files(f"{trial_dir(k)}/{rel}") != entry.get("files"):
+            out.append(f"{rel}: files differ from the manifest (missing, extra or resized)")
+    if deep and not out:
+        out += _deep_problems(store, k, result)
+    return out
+
+
+def _deep_problems(store: Store, k: int, result: dict) -> list[str]:
+    out = []
+    for rel, entry in result["manifest"].items():
+        full = f"{trial_dir(k)}/{rel}"
+        try:
+            if rel == "data.zarr":
+                if load_data(store, k).info["sha256"] != entry["sha256"]:
+                    raise CorruptArtifact("data differ from the manifest")
+            elif rel.endswith(".zarr"):
+                group, attrs = gram.open_gram(store.zarr_store(full, read_only=True))
+                if attrs["sha256"] != entry["sha256"]:
+                    raise CorruptArtifact("checksums differ from the manifest")
+                for name in gram.ARRAYS:
+                    gram.verify_array(group, name, attrs)
+            elif hashlib.sha256(store.read_bytes(full)).hexdigest() != entry["sha256"]:
+                raise CorruptArtifact("checksum mismatch")
+        except Exception as e:  # noqa: BLE001 - whatever the reason, the artifact is bad
+            out.append(f"{rel}: {type(e).__name__}: {e}")
+    return out
+
+
+def complete(cfg: Config, store: Store, k: int, deep: bool = False) -> dict | None:
+    """Trial k's result when it is complete and intact for ``cfg`` (see :func:`problems`)."""
+    result = load_result(store, k)
+    if result is None:
+        return None
+    bad = problems(cfg, store, k, result, deep)
+    if bad:
+        log.warning("trial %d must be (partly) recomputed: %s", k, "; ".join(bad))
+        return None
     return result
 
 
@@ -298,7 +504,83 @@ def run_kernels(cfg: Config, store: Store, k: int, scheduler="sync") -> list[dic
     """The kernel part of trial k: faults, data, then every kernel's record."""
     inject_fault(cfg, store, k)
     ensure_data(cfg, store, k)
-    return [kernel_item(cfg, store, k, name, scheduler) for name in cfg.kernels]
+    d = load_data(store, k)
+    return [kernel_item(cfg, store, k, name, scheduler, d) for name in cfg.kernels]
+
+
+# ---- leased steps: what a flow task (or run_trial) calls ----------------------------------------
+REUSED, COMPUTED, ELSEWHERE = "reused", "ok", "finished by another run"
+
+
+def lease_dir(k: int, part: str) -> str:
+    return f"{trial_dir(k)}/lease/{part}"
+
+
+def _kernels_done(cfg: Config, store: Store, k: int) -> bool:
+    if complete(cfg, store, k) is not None:
+        return True
+    if not cfg.networks.enabled:
+        return False
+    sha = data_sha(store, k)
+    return sha is not None and all(
+        not item_problem(cfg, store.read_json(item_rel(k, m), verify=True), m, sha)
+        for m in cfg.kernels
+    )
+
+
+def kernel_part(cfg: Config, store: Store, k: int, versions: dict, scheduler="sync") -> str:
+    """Data and every kernel of trial k under the trial's lease; finishes the trial when it
+    has no networks. Returns REUSED, COMPUTED or ELSEWHERE (another run did it meanwhile)."""
+    if complete(cfg, store, k) is not None:
+        return REUSED
+    held = lease.acquire_or_wait(
+        store,
+        lease_dir(k, "trial"),
+        cfg.compute.lease_seconds,
+        done=lambda: _kernels_done(cfg, store, k),
+        what=f"trial-{k:03d}",
+    )
+    if held is None:
+        return ELSEWHERE
+    with held:
+        if _kernels_done(cfg, store, k):  # finished by the holder we waited for
+            return ELSEWHERE
+        items = run_kernels(cfg, store, k, scheduler)
+        if not cfg.networks.enabled:  # no network tasks follow: the trial ends here
+            finish(cfg, store, k, items, versions)
+    return COMPUTED
+
+
+def network_part(cfg: Config, store: Store, k: int, depth: int, device: str = "cpu") -> dict:
+    """One network of trial k under its own lease (waits for a live holder elsewhere)."""
+    name = f"NN{depth}"
+
+    def done():
+        return reusable_item(cfg, store, k, name, data_sha(store, k))
+
+    record = done()
+    if record is not None:
+        return record
+    held = lease.acquire_or_wait(
+        store, lease_dir(k, name), cfg.compute.lease_seconds, done, f"trial-{k:03d}/{name}"
+    )
+    if held is None:
+        return done()
+    with held:
+        return network_item(cfg, store, k, depth, device)
+
+
+def finish_part(cfg: Config, store: Store, k: int, versions: dict) -> str:
+    """Assemble result.json from the stored item records (after the network tasks)."""
+    if complete(cfg, store, k) is not None:
+        return REUSED
+    sha = data_sha(store, k)
+    items = [reusable_item(cfg, store, k, m, sha) for m in cfg.methods]
+    missing = [m for m, it in zip(cfg.methods, items, strict=True) if it is None]
+    if missing:
+        raise CorruptArtifact(f"trial {k}: no valid record for {missing}")
+    finish(cfg, store, k, items, versions)
+    return COMPUTED
 
 
 def run_trial(
@@ -310,14 +592,13 @@ def run_trial(
     scheduler="sync",
 ) -> dict:
     """All of trial k in one process (the flow runs the same steps as separate tasks)."""
-    done = load_result(store, k)
-    if done is not None:
-        return done
     with recording_errors(store, k):
-        items = run_kernels(cfg, store, k, scheduler)
+        kernel_part(cfg, store, k, versions or {}, scheduler)
         if cfg.networks.enabled:
-            items += [network_item(cfg, store, k, L, device) for L in cfg.networks.depths]
-        return finish(cfg, store, k, items, versions or {})
+            for L in cfg.networks.depths:
+                network_part(cfg, store, k, L, device)
+            finish_part(cfg, store, k, versions or {})
+    return load_result(store, k)
 
 
 def _plain(d: dict) -> dict:
