@@ -35,8 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=None, help="worker processes (local/cuda)")
     r.add_argument("--formulas", choices=["exact", "published"], default=None)
     r.add_argument("--kernels-only", action="store_true", help="skip the networks")
+    r.add_argument(
+        "--keep-stale",
+        action="store_true",
+        help="reuse items computed by another code version (listed in summary.json)",
+    )
     rep = sub.add_parser("report", help="re-aggregate an existing run folder")
     rep.add_argument("run_dir")
+    ver = sub.add_parser("verify", help="re-verify every trial's checksums, run id and variant")
+    ver.add_argument("run_dir")
     sub.add_parser("presets", help="list presets with their resolved values")
     return p
 
@@ -44,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "report": cmd_report, "presets": cmd_presets}[args.command](args)
+        commands = {"run": cmd_run, "report": cmd_report, "verify": cmd_verify}
+        return {**commands, "presets": cmd_presets}[args.command](args)
     except ConfigError as e:
         print(f"ntkflow: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -66,6 +74,8 @@ def _load(args):
     }
     if args.kernels_only:
         explicit["networks.enabled"] = False
+    if args.keep_stale:
+        explicit["compute.keep_stale"] = True
     return load_config(args.preset, args.config, args.sets, **explicit)
 
 
@@ -111,21 +121,56 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
+def _run_folder(run_dir: str):
+    """(config, store) of an existing run folder; (None, None) after saying why not."""
     import yaml
 
     from ntkflow.config import validate
-    from ntkflow.report import aggregate
     from ntkflow.store import Store
 
-    store = Store(args.run_dir)
+    store = Store(run_dir)
     if not store.exists("config.yaml"):
-        print(f"ntkflow: {args.run_dir!r} is not a run folder (no config.yaml)", file=sys.stderr)
-        return EXIT_CONFIG
+        print(f"ntkflow: {run_dir!r} is not a run folder (no config.yaml)", file=sys.stderr)
+        return None, None
     raw = yaml.safe_load(store.read_bytes("config.yaml"))
     raw.pop("provenance", None)
     cfg = validate(raw)
-    summary = aggregate(cfg, store, {"reaggregated": True})
+    folder = store.url.rstrip("/").rsplit("/", 1)[-1]
+    if folder != cfg.run_id:
+        print(
+            f"ntkflow: warning: config.yaml gives run id {cfg.run_id} but the folder is "
+            f"{folder!r} (config.yaml edited?): results of another run id are flagged",
+            file=sys.stderr,
+        )
+    return cfg, store
+
+
+def cmd_verify(args) -> int:
+    from ntkflow.report import verify
+
+    cfg, store = _run_folder(args.run_dir)
+    if cfg is None:
+        return EXIT_CONFIG
+    bad = {k: p for k, p in verify(cfg, store, deep=True).items() if p}
+    for k, problems in bad.items():
+        for p in problems:
+            print(f"trial {k:03d}: {p}")
+    print(
+        f"ntkflow: {cfg.trials - len(bad)} of {cfg.trials} trial(s) verified"
+        + (f"; bad: {sorted(bad)} (rerun `ntkflow run` to recompute them)" if bad else ""),
+        file=sys.stderr,
+    )
+    return 1 if bad else 0
+
+
+def cmd_report(args) -> int:
+    from ntkflow.report import aggregate
+
+    cfg, store = _run_folder(args.run_dir)
+    if cfg is None:
+        return EXIT_CONFIG
+    # every trial re-verified (checksums, run id, variant): a bad one is reported as failed
+    summary = aggregate(cfg, store, {"reaggregated": True}, deep=True)
     _print_summary(summary, store.url, None)
     return 1 if summary["failed_trials"] else 0
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ntkflow import stats
+from ntkflow import keys, stats
 from ntkflow.config import Config
 from ntkflow.store import Store
-from ntkflow.trial import load_result, trial_dir
+from ntkflow.trial import corrupt_artifacts, load_result, problems, quarantine, trial_dir
 
 PACKAGES = (
     "ntkflow",
@@ -58,33 +58,61 @@ def versions() -> dict:
     return out
 
 
-def collect(cfg: Config, store: Store) -> tuple[pd.DataFrame, list[dict]]:
-    """Tidy rows (trial, method, rmse, status, timings, diagnostics) and the failed trials."""
-    rows, failed = [], []
+def verify(cfg: Config, store: Store, deep: bool = True) -> dict[int, list[str]]:
+    """Every trial's problems (see :func:`ntkflow.trial.problems`): its record, run id and
+    variant against ``cfg`` and, with ``deep``, the checksum of every array and file. A
+    corrupted artifact is removed with what was computed from it (so that the next
+    ``ntkflow run`` recomputes it); a mismatch of run id or variant only is reported."""
+    out = {}
     for k in range(cfg.trials):
+        result = load_result(store, k)
+        out[k] = problems(cfg, store, k, result, deep=False)
+        if deep and not out[k]:
+            bad = corrupt_artifacts(store, k, result)
+            out[k] = [f"{rel}: {msg}" for rel, msg in bad]
+            if bad:
+                quarantine(store, k, result, [rel for rel, _ in bad])
+    return out
+
+
+def collect(
+    cfg: Config, store: Store, deep: bool = False
+) -> tuple[pd.DataFrame, list[dict], list[dict]]:
+    """Tidy rows (trial, method, rmse, status, timings, diagnostics), the failed trials (also
+    those whose result does not verify against ``cfg``) and the stale items kept."""
+    rows, failed, stale = [], [], []
+    keys_now = cfg.item_keys()
+    for k, bad in verify(cfg, store, deep).items():
         res = load_result(store, k)
-        if res is None:
+        if bad:
             err = store.read_json(f"{trial_dir(k)}/error.json") or {}
-            failed.append({"trial": k, "error": err.get("error", "no result.json")})
+            why = err.get("error") if res is None else None
+            failed.append({"trial": k, "error": why or "; ".join(bad)})
             for m in cfg.methods:
                 rows.append({"trial": k, "method": m, "rmse": float("nan"), "status": "failed"})
             continue
         for m in cfg.methods:
-            item = res["methods"].get(m)
-            if item is None:
-                rows.append({"trial": k, "method": m, "rmse": float("nan"), "status": "missing"})
-                continue
+            item = res["methods"][m]
+            if item.get("key") != keys_now[m]:
+                stale.append(
+                    {"trial": k, "method": m, "key": item.get("key"), "code": item.get("code")}
+                )
             flat = {key: v for key, v in item.items() if not isinstance(v, (list, dict))}
             rows.append({"trial": k, **flat, "method": m, "status": "ok"})
-    return pd.DataFrame(rows), failed
+    return pd.DataFrame(rows), failed, stale
 
 
-def aggregate(cfg: Config, store: Store, run_info: dict | None = None) -> dict:
+def aggregate(cfg: Config, store: Store, run_info: dict | None = None, deep=False) -> dict:
     """Write results.parquet, summary.json, boxplot.png and report.md; return the summary."""
-    df, failed = collect(cfg, store)
+    df, failed, stale = collect(cfg, store, deep)
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     store.write_bytes("results.parquet", buf.getvalue())
+    produced = (
+        df[df.status == "ok"].groupby("kind")["code"].unique().map(sorted).to_dict()
+        if "code" in df
+        else {}
+    )
     summary = {
         "run": {
             "run_id": cfg.run_id,
@@ -96,6 +124,9 @@ def aggregate(cfg: Config, store: Store, run_info: dict | None = None) -> dict:
         **stats.summarize(df, cfg.methods),
         "failed_trials": [f["trial"] for f in failed],
         "failures": failed,
+        # code versions (ntkflow.keys) of the items summarised, and those of this code
+        "code_versions": {"items": produced, "current": keys.code_versions()},
+        "stale_items": stale,
     }
     store.write_json("summary.json", summary, sort_keys=False)
     store.write_bytes("boxplot.png", boxplot_png(df, cfg.methods, cfg.formulas))
@@ -167,6 +198,16 @@ def markdown(summary: dict, cfg: Config) -> str:
             for p in key
         ]
         lines.append("")
+    if summary.get("stale_items"):
+        lines += [
+            "## Stale items (kept with compute.keep_stale)",
+            "",
+            *[
+                f"- trial {s['trial']} {s['method']}: code {s['code']}, key {s['key']}"
+                for s in summary["stale_items"]
+            ],
+            "",
+        ]
     failed = summary["failed_trials"]
     lines += ["## Failed trials", ""]
     lines += [f"- trial {f['trial']}: {f['error']}" for f in summary["failures"]] or ["none"]

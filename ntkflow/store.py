@@ -65,7 +65,12 @@ class Store:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except IsADirectoryError:  # a folder where this file belongs: never ours, replace it
+                log.warning("replacing the folder %s by a file", target)
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(tmp, target)
         else:
             self.fs.pipe_file(tmp, data)
             self.fs.mv(tmp, target)
@@ -86,7 +91,7 @@ class Store:
             return None
         try:
             payload = json.loads(self.read_bytes(rel))
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, OSError) as e:  # not JSON, a folder, vanished meanwhile, …
             log.warning("unreadable %s in %s (%s): ignoring it", rel, self, e)
             return None
         if verify:

@@ -85,6 +85,9 @@ def reusable_item(cfg: Config, store: Store, k: int, method: str, data_sha: str 
     rel = item_rel(k, method)
     record = store.read_json(rel, verify=True)
     problem = item_problem(cfg, record, method, data_sha)
+    for path, files in (record or {}).get("artifacts", {}).items():
+        if not problem and store.files(path) != files:
+            problem = f"{path} was changed or removed"
     if problem and record is not None:
         log.warning("recomputing %s: %s", rel, problem)
     return None if problem else record
@@ -94,8 +97,10 @@ def save_item(cfg: Config, store: Store, k: int, record: dict, data_sha: str) ->
     """Write a method's record with its key, code version and the data it was computed from."""
     method = record["method"]
     kind = "network" if record["kind"] == "network" else "kernel"
+    paths = [record[f] for f in ("gram", "predictions") if f in record]
     record = {
         **record,
+        "artifacts": {path: store.files(path) for path in paths},  # files and sizes
         "key": cfg.item_key(method),
         "code": keys.code_version(kind),
         "data_sha256": data_sha,
@@ -374,9 +379,9 @@ def _write_npz(store: Store, rel: str, **arrays) -> str:
 
 
 # ---- the whole trial: manifest, completeness, verification ------------------------------------
-def _manifest_entry(store: Store, k: int, rel: str, sha) -> dict:
-    """A stored artifact's checksum(s) and its files with their sizes (rel: under the trial)."""
-    return {"sha256": sha, "files": store.files(f"{trial_dir(k)}/{rel}")}
+def _manifest_entry(item: dict, field: str, sha) -> dict:
+    """An item's artifact: its checksum(s) and its files with their sizes when it was made."""
+    return {"sha256": sha, "files": item.get("artifacts", {}).get(item[field])}
 
 
 def finish(cfg: Config, store: Store, k: int, items: list[dict], versions: dict) -> dict:
@@ -391,14 +396,13 @@ def finish(cfg: Config, store: Store, k: int, items: list[dict], versions: dict)
     methods = {**keep, **{item["method"]: item for item in items}}
     if any(it.get("data_sha256") != d.info["sha256"] for it in methods.values()):
         methods = {item["method"]: item for item in items}  # older items of other data: drop
-    manifest = {"data.zarr": _manifest_entry(store, k, "data.zarr", d.info["sha256"])}
+    data = {"sha256": d.info["sha256"], "files": store.files(f"{trial_dir(k)}/data.zarr")}
+    manifest = {"data.zarr": data}
     for item in methods.values():
-        if "gram" in item:
-            rel = item["gram"].removeprefix(trial_dir(k) + "/")
-            manifest[rel] = _manifest_entry(store, k, rel, item["gram_sha256"])
-        if "predictions" in item:
-            rel = item["predictions"].removeprefix(trial_dir(k) + "/")
-            manifest[rel] = _manifest_entry(store, k, rel, item.get("predictions_sha256"))
+        for field, sha in (("gram", "gram_sha256"), ("predictions", "predictions_sha256")):
+            if field in item:
+                rel = item[field].removeprefix(trial_dir(k) + "/")
+                manifest[rel] = _manifest_entry(item, field, item.get(sha))
     result = {
         "trial": k,
         "status": "ok",
@@ -445,11 +449,12 @@ def problems(cfg: Config, store: Store, k: int, result: dict | None, deep: bool 
         if store.files(f"{trial_dir(k)}/{rel}") != entry.get("files"):
             out.append(f"{rel}: files differ from the manifest (missing, extra or resized)")
     if deep and not out:
-        out += _deep_problems(store, k, result)
+        out += [f"{rel}: {msg}" for rel, msg in corrupt_artifacts(store, k, result)]
     return out
 
 
-def _deep_problems(store: Store, k: int, result: dict) -> list[str]:
+def corrupt_artifacts(store: Store, k: int, result: dict) -> list[tuple[str, str]]:
+    """(artifact, what is wrong) for every manifest artifact that fails its checksums."""
     out = []
     for rel, entry in result["manifest"].items():
         full = f"{trial_dir(k)}/{rel}"
@@ -466,8 +471,22 @@ def _deep_problems(store: Store, k: int, result: dict) -> list[str]:
             elif hashlib.sha256(store.read_bytes(full)).hexdigest() != entry["sha256"]:
                 raise CorruptArtifact("checksum mismatch")
         except Exception as e:  # noqa: BLE001 - whatever the reason, the artifact is bad
-            out.append(f"{rel}: {type(e).__name__}: {e}")
+            out.append((rel, f"{type(e).__name__}: {e}"))
     return out
+
+
+def quarantine(store: Store, k: int, result: dict, bad: list[str]) -> None:
+    """Remove corrupted artifacts (trial-relative paths), the item records computed from them
+    and result.json, so the next run recomputes exactly those (logged)."""
+    base = trial_dir(k)
+    for method, item in (result.get("methods") or {}).items():
+        used = {item.get("gram"), item.get("predictions")}
+        if used & {f"{base}/{rel}" for rel in bad} or "data.zarr" in bad:
+            store.remove(item_rel(k, method))
+    for rel in bad:
+        log.warning("removing corrupted %s/%s: the next run recomputes it", base, rel)
+        store.remove(f"{base}/{rel}")
+    store.remove(f"{base}/result.json")
 
 
 def complete(cfg: Config, store: Store, k: int, deep: bool = False) -> dict | None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,12 +79,13 @@ def test_corrupted_artifacts_are_detected_and_recomputed(tmp_path, caplog):
     after = report.aggregate(cfg, store)["methods"]
     assert after == before  # recomputed bit for bit: same summary
 
+    y_before = trial.load_data(store, 0).y
     y_chunks = [p for p in (t0 / "data.zarr/y").rglob("*") if p.is_file() and p.name != "zarr.json"]
     _flip_bytes(y_chunks[0], at=0)
     with pytest.raises(trial.CorruptArtifact):
         trial.load_data(store, 0)
     trial.ensure_data(cfg, store, 0)  # resimulated from the trial's seed
-    np.testing.assert_array_equal(trial.load_data(store, 0).y, trial.load_data(store, 0).y)
+    np.testing.assert_array_equal(trial.load_data(store, 0).y, y_before)
 
 
 def test_rerun_reuses_verified_items(tmp_path):
@@ -120,3 +122,200 @@ def test_writer_killed_mid_write_leaves_nothing_that_verifies(tmp_path):
     # the target is the old record, intact; the partial temporary file is never read as it
     assert store.read_json("big.bin", verify=True) == {"old": True}
     assert json.loads(store.read_bytes("big.bin"))["old"] is True
+
+
+# ---- every unreadable artifact is recomputed, whatever is wrong with it ------------------------
+def _zarr_group(path: Path, mode="w", **arrays):
+    import zarr
+
+    g = zarr.open_group(str(path), mode=mode)
+    for name, a in arrays.items():
+        g.create_array(name, data=a)
+    return g
+
+
+def _gram_became_a_group(t: Path):
+    """The state two concurrent launches of the old code left: `gram/` itself a Zarr group
+    with `train_train`/`test_train` beside the kernel groups, one kernel group gone, the
+    trial unfinished."""
+    shutil.rmtree(t / "gram/NTKB1.zarr")
+    (t / "items/NTKB1.json").unlink()
+    (t / "result.json").unlink()
+    _zarr_group(t / "gram", "a", train_train=np.zeros((3, 3)), test_train=np.zeros((2, 3)))
+
+
+def _chunk(t: Path, array="train_train") -> Path:
+    return t / f"gram/NTKJ2.zarr/{array}/c/0/0"
+
+
+def _replace_gram(t: Path, dtype="f8", rows=None):
+    """A Gram group with the right attributes but arrays of another dtype or shape."""
+    import zarr
+
+    g = zarr.open_group(str(t / "gram/NTKJ2.zarr"), mode="r")
+    attrs, tt = dict(g.attrs), g["train_train"][...]
+    te = g["test_train"][...]
+    rows = rows or tt.shape[0]
+    new = _zarr_group(
+        t / "gram/NTKJ2.zarr", train_train=tt[:rows, :rows].astype(dtype), test_train=te
+    )
+    new.attrs.update(attrs)
+    (t / "result.json").unlink()
+    (t / "items/NTKJ2.json").unlink()
+
+
+def _strays(t: Path):
+    (t / "gram/junk.txt").write_text("x")
+    (t / "gram/.trash-123").mkdir()
+    (t / "zarr.json").write_text("{}")
+    (t / "result.json").unlink()
+
+
+def _truncate_chunk(t: Path):
+    _chunk(t).write_bytes(_chunk(t).read_bytes()[:100])
+
+
+def _file_for_group(t: Path, rel="gram/NTKJ2.zarr"):
+    shutil.rmtree(t / rel)
+    (t / rel).write_bytes(b"\0" * 10)
+
+
+def _garbage_item(t: Path):
+    (t / "items/K1.json").write_bytes(b"\xff\xfe")
+    (t / "result.json").unlink()
+
+
+def _result_is_a_folder(t: Path):
+    (t / "result.json").unlink()
+    (t / "result.json").mkdir()
+
+
+CORRUPTIONS = {
+    "gram folder became a Zarr group": _gram_became_a_group,
+    "stray files in an unfinished trial": _strays,
+    "Gram chunk truncated under an intact result.json": _truncate_chunk,
+    "Gram chunk missing under an intact result.json": lambda t: _chunk(t, "test_train").unlink(),
+    "Gram of the wrong dtype": lambda t: _replace_gram(t, dtype="f4"),
+    "Gram of the wrong shape": lambda t: _replace_gram(t, rows=10),
+    "a file where a Gram group belongs": _file_for_group,
+    "a file where data.zarr belongs": lambda t: _file_for_group(t, "data.zarr"),
+    "an item record is garbage": _garbage_item,
+    "result.json is a folder": _result_is_a_folder,
+}
+
+
+@pytest.mark.parametrize("what", list(CORRUPTIONS))
+def test_any_broken_artifact_is_recomputed_by_a_plain_rerun(tmp_path, what, caplog):
+    cfg = _cfg("kernels=[NTKB1, NTKJ2, K1]", "trials=1")
+    store = Store(tmp_path)
+    ref = trial.run_trial(cfg, store, 0)["methods"]
+    t = tmp_path / "trials/000"
+    CORRUPTIONS[what](t)
+    assert trial.complete(cfg, store, 0) is None  # noticed without any manual deletion
+    with caplog.at_level("WARNING"):
+        again = trial.run_trial(cfg, store, 0)
+    assert caplog.text  # what was wrong is logged
+    assert {m: again["methods"][m]["rmse"] for m in ref} == {m: ref[m]["rmse"] for m in ref}
+    assert trial.complete(cfg, store, 0, deep=True) is not None
+    assert sorted(p.name for p in (t / "gram").iterdir()) == ["K1.zarr", "NTKB1.zarr", "NTKJ2.zarr"]
+    assert not list(tmp_path.rglob(".tmp-*")) and not list(tmp_path.rglob(".trash-*"))
+
+
+def test_verify_finds_a_flipped_bit_and_the_rerun_recomputes_it(tmp_path):
+    cfg = _cfg("trials=1")
+    store = Store(tmp_path)
+    ref = trial.run_trial(cfg, store, 0)["methods"]
+    assert report.verify(cfg, store) == {0: []}
+    _flip_bytes(_chunk(tmp_path / "trials/000"))
+    assert trial.complete(cfg, store, 0) is not None  # same files and sizes: only checksums see it
+    bad = report.verify(cfg, store)[0]
+    assert len(bad) == 1 and "gram/NTKJ2.zarr" in bad[0] and "checksum" in bad[0]
+    assert trial.complete(cfg, store, 0) is None  # quarantined: the next run recomputes it
+    kept = _mtimes(tmp_path, "trials/000/items/*.json")
+    again = trial.run_trial(cfg, store, 0)["methods"]
+    assert again["NTKB1"] == ref["NTKB1"] and again["K1"] == ref["K1"]  # reused as they were
+    assert _mtimes(tmp_path, "trials/000/items/*.json") == {
+        **kept,
+        Path("trials/000/items/NTKJ2.json"): (tmp_path / "trials/000/items/NTKJ2.json")
+        .stat()
+        .st_mtime_ns,
+    }
+    assert Path("trials/000/items/NTKJ2.json") not in kept  # removed with its Gram, recomputed
+    assert {m: again[m]["rmse"] for m in ref} == {m: ref[m]["rmse"] for m in ref}
+    assert report.verify(cfg, store) == {0: []}
+
+
+def test_report_flags_results_of_another_run_id_or_variant(tmp_path):
+    cfg = _cfg("trials=1")
+    store = Store(tmp_path)
+    trial.run_trial(cfg, store, 0)
+    for edit in ("seed=5", "formulas=published"):
+        other = _cfg("trials=1", edit)
+        (problems,) = report.verify(other, store).values()
+        assert problems and any(w in " ".join(problems) for w in ("run", "formulas"))
+        summary = report.aggregate(other, store)
+        assert summary["failed_trials"] == [0]  # never relabelled as results of `other`
+    assert report.verify(cfg, store) == {0: []}  # nothing was removed
+
+
+# ---- keys: what is reused when the config or the code changes ---------------------------------
+def _mtimes(root: Path, pattern: str) -> dict:
+    return {p.relative_to(root): p.stat().st_mtime_ns for p in root.glob(pattern)}
+
+
+def test_growing_trials_adding_and_reordering_kernels_reuse_everything(tmp_path):
+    store = Store(tmp_path)
+    small = _cfg("trials=2", "kernels=[NTKB1, K1]")
+    for k in range(2):
+        trial.run_trial(small, store, k)
+    before = _mtimes(tmp_path, "trials/*/items/*.json")
+    grown = _cfg("trials=3", "kernels=[K1, NTKJ2, NTKB1]")
+    assert grown.run_id == small.run_id
+    assert trial.complete(grown, store, 0) is None  # NTKJ2 is missing
+    for k in range(3):
+        trial.run_trial(grown, store, k)
+    after = _mtimes(tmp_path, "trials/*/items/*.json")
+    assert {p: after[p] for p in before} == before  # nothing recomputed
+    assert len(after) == len(before) + 2 + 3
+    assert trial.complete(small, store, 1) is not None  # the old kernel list is still complete
+    assert set(trial.load_result(store, 1)["methods"]) == {"NTKB1", "K1", "NTKJ2"}
+    reordered = _cfg("trials=3", "kernels=[NTKJ2, NTKB1, K1]")
+    assert all(trial.complete(reordered, store, k) is not None for k in range(3))
+
+
+def test_items_of_another_code_version_are_recomputed_or_kept_and_listed(tmp_path, monkeypatch):
+    from ntkflow import keys
+
+    store = Store(tmp_path)
+    cfg = _cfg("trials=1")
+    first = trial.run_trial(cfg, store, 0)["methods"]
+    real = keys.code_version
+    monkeypatch.setattr(keys, "code_version", lambda kind: "x" + real(kind)[1:])
+    assert trial.complete(cfg, store, 0) is None  # a kernel fix invalidates the kernel items
+
+    keep = _cfg("trials=1", "compute.keep_stale=true")
+    assert trial.complete(keep, store, 0) is not None
+    summary = report.aggregate(keep, store)
+    assert {s["method"] for s in summary["stale_items"]} == set(cfg.methods)
+    assert summary["code_versions"]["items"]["kernel"] == [real("kernel")]
+
+    again = trial.run_trial(cfg, store, 0)["methods"]
+    assert all(again[m]["key"] != first[m]["key"] for m in cfg.methods)
+    assert again["NTKB1"]["gram_reused"] is False  # the Gram is keyed on the kernel code too
+    assert {m: again[m]["rmse"] for m in first} == {m: first[m]["rmse"] for m in first}
+    summary = report.aggregate(cfg, store)
+    assert summary["stale_items"] == []
+    assert summary["code_versions"]["items"]["kernel"] == ["x" + real("kernel")[1:]]
+
+
+def test_network_items_are_keyed_without_log_every(tmp_path):
+    store = Store(tmp_path)
+    cfg = load_config("smoke", overrides=["trials=1", "kernels=[K1]"])
+    first = trial.run_trial(cfg, store, 0)["methods"]
+    assert first["NN1"]["kind"] == "network"
+    relog = load_config("smoke", overrides=["trials=1", "kernels=[K1]", "networks.log_every=2"])
+    assert trial.complete(relog, store, 0) is not None
+    wider = load_config("smoke", overrides=["trials=1", "kernels=[K1]", "networks.width=32"])
+    assert wider.run_id == cfg.run_id and trial.complete(wider, store, 0) is None
+    again = trial.run_trial(wider, store, 0)["methods"]
+    assert again["K1"] == first["K1"] and again["NN1"]["key"] != first["NN1"]["key"]
