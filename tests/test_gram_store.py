@@ -87,3 +87,29 @@ def test_atomic_write_leaves_old_or_new(tmp_path):
     with pytest.raises(TypeError):
         store.write_bytes("f.txt", object())
     assert store.read_bytes("f.txt") == b"old"
+
+
+@pytest.mark.parametrize("root", ["local", "memory://ntkflow-commit"])
+@pytest.mark.parametrize("there", ["nothing", "a file", "a foreign group"])
+def test_group_written_to_a_temp_name_then_committed(tmp_path, root, there):
+    import uuid
+
+    import zarr
+
+    store = Store(tmp_path if root == "local" else f"{root}-{uuid.uuid4().hex}")
+    if there == "a file":
+        store.write_text("gram/K.zarr", "junk")
+    elif there == "a foreign group":
+        g = zarr.open_group(store.zarr_store("gram/K.zarr"), mode="w")
+        g.create_array("stray", data=np.ones(3))
+    k, x = kernel("K1"), _x(40)
+    tmp = store.temp_name("gram/K.zarr")
+    assert tmp.startswith("gram/.tmp-")
+    gram.write_gram(store.zarr_store(tmp), k, x, np.arange(30), np.arange(30, 40), block=16)
+    assert not store.exists("gram/K.zarr") or there != "nothing"  # nothing final before commit
+    store.commit_dir(tmp, "gram/K.zarr")
+    tt, te, attrs = gram.read_gram(store.zarr_store("gram/K.zarr", read_only=True))
+    np.testing.assert_allclose(tt, k(x[:30]), rtol=1e-13, atol=1e-15)
+    assert te.shape == (10, 30) and attrs["complete"]
+    assert store.listdir("gram") == ["K.zarr"]  # no temporary or replaced folder left
+    assert "stray" not in store.listdir("gram/K.zarr")

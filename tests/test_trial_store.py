@@ -319,3 +319,34 @@ def test_network_items_are_keyed_without_log_every(tmp_path):
     assert wider.run_id == cfg.run_id and trial.complete(wider, store, 0) is None
     again = trial.run_trial(wider, store, 0)["methods"]
     assert again["K1"] == first["K1"] and again["NN1"]["key"] != first["NN1"]["key"]
+
+
+def test_verify_and_report_commands(tmp_path, capsys):
+    from ntkflow.cli import main
+    from ntkflow.config import to_yaml
+
+    cfg = _cfg()
+    run_dir = tmp_path / cfg.run_id
+    store = Store(run_dir)
+    store.write_text("config.yaml", to_yaml(cfg, provenance={}))
+    for k in range(cfg.trials):
+        trial.run_trial(cfg, store, k)
+    assert main(["verify", str(run_dir)]) == 0
+    assert "2 of 2 trial(s) verified" in capsys.readouterr().err
+    _flip_bytes(run_dir / "trials/001/gram/K1.zarr/test_train/c/0/0")
+    assert main(["verify", str(run_dir)]) == 1
+    out = capsys.readouterr()
+    assert "trial 001: gram/K1.zarr" in out.out and "bad: [1]" in out.err
+    trial.run_trial(cfg, store, 1)  # the rerun recomputes what verify removed
+    assert main(["report", str(run_dir)]) == 0
+
+    # config.yaml edited: the results are not relabelled, they are flagged
+    edited = (run_dir / "config.yaml").read_text().replace("seed: 0", "seed: 7")
+    (run_dir / "config.yaml").write_text(edited)
+    assert main(["report", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "config.yaml edited?" in err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (
+        summary["failed_trials"] == [0, 1] and "not of this run" in summary["failures"][0]["error"]
+    )
