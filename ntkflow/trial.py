@@ -489,14 +489,17 @@ def quarantine(store: Store, k: int, result: dict, bad: list[str]) -> None:
     store.remove(f"{base}/result.json")
 
 
-def complete(cfg: Config, store: Store, k: int, deep: bool = False) -> dict | None:
+def complete(
+    cfg: Config, store: Store, k: int, deep: bool = False, quiet: bool = False
+) -> dict | None:
     """Trial k's result when it is complete and intact for ``cfg`` (see :func:`problems`)."""
     result = load_result(store, k)
     if result is None:
         return None
     bad = problems(cfg, store, k, result, deep)
     if bad:
-        log.warning("trial %d must be (partly) recomputed: %s", k, "; ".join(bad))
+        if not quiet:
+            log.warning("trial %d must be (partly) recomputed: %s", k, "; ".join(bad))
         return None
     return result
 
@@ -536,7 +539,7 @@ def lease_dir(k: int, part: str) -> str:
 
 
 def _kernels_done(cfg: Config, store: Store, k: int) -> bool:
-    if complete(cfg, store, k) is not None:
+    if complete(cfg, store, k, quiet=True) is not None:
         return True
     if not cfg.networks.enabled:
         return False

@@ -8,72 +8,79 @@ import time
 import pytest
 from launch import kill_tree, launch, n_complete, summary
 
+from ntkflow import report as rep
 from ntkflow.config import load_config
 from ntkflow.store import Store
 
 pytestmark = pytest.mark.slow
 
-SETS = ["trials=6", "data.n_obs=300", "compute.n_workers=2", "kernels=[NTKB1, NTKJ2, GP1, K1]"]
+SETS = ["trials=4", "data.n_obs=240", "compute.n_workers=2", "kernels=[NTKB1, NTKJ2, GP1, K1]"]
 ARGS = ["run", "--preset", "smoke", "--kernels-only", *[a for s in SETS for a in ("--set", s)]]
 RUN_ID = load_config("smoke", overrides=[*SETS, "networks.enabled=false"]).run_id
 KILLS = 5
 
 
-def _run(out, log, home, env=None, timeout=600):
+def _launch_until(out, log, home, stop, env=None):
+    """Launch; poll until ``stop(elapsed since the work started)`` or the command ends."""
     proc = launch([*ARGS, "--out", str(out)], log, home, env)
-    proc.wait(timeout=timeout)
-    return proc.returncode, log.read_text()
+    started = None
+    while proc.poll() is None:
+        if started is None and (out / RUN_ID / "trials").exists():
+            started = time.monotonic()
+        if started is not None and stop(time.monotonic() - started):
+            break
+        time.sleep(0.02)
+    return proc, started
 
 
 def test_sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_summary(tmp_path):
     home = tmp_path / "prefect-home"
-    # the uninterrupted reference, timing when work starts and ends
-    ref_out = tmp_path / "ref"
-    t0 = time.monotonic()
-    proc = launch([*ARGS, "--out", str(ref_out)], tmp_path / "ref.log", home)
-    started = None
-    while proc.poll() is None:
-        if started is None and (ref_out / RUN_ID / "trials").exists():
-            started = time.monotonic() - t0
-        time.sleep(0.05)
-    ended = time.monotonic() - t0
+    # the uninterrupted reference; its trials (first trial folder → last result.json) take
+    # `work` seconds: the kills fall in that span and a little after it (aggregation)
+    ref = tmp_path / "ref"
+    last = [0.0]
+
+    def watch(t):
+        if n_complete(ref / RUN_ID) < 4:
+            last[0] = t
+        return False
+
+    proc, _ = _launch_until(ref, tmp_path / "ref.log", home, watch)
+    work = 1.2 * last[0]
     assert proc.returncode == 0, (tmp_path / "ref.log").read_text()
-    reference = summary(ref_out / RUN_ID)["methods"]
+    reference = summary(ref / RUN_ID)["methods"]
 
     rng = random.Random(20261124)
-    out, run_dir = tmp_path / "chaos", tmp_path / "chaos" / RUN_ID
-    report = []
+    outcomes = []
     for i in range(KILLS):
-        at = rng.uniform(0.5 * (started or 0), ended)
-        proc = launch([*ARGS, "--out", str(out)], tmp_path / f"kill-{i}.log", home)
-        deadline = time.monotonic() + at
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        out = tmp_path / f"chaos-{i}"
+        at = rng.uniform(0, work)
+        proc, _ = _launch_until(out, tmp_path / f"kill-{i}.log", home, lambda t, at=at: t >= at)
         finished = proc.poll() is not None
         killed = kill_tree(proc)
-        report.append((i, round(at, 2), finished, killed, n_complete(run_dir)))
+        done_at_kill = n_complete(out / RUN_ID)
+        proc = launch([*ARGS, "--out", str(out)], tmp_path / f"rerun-{i}.log", home)
+        proc.wait(timeout=600)
+        assert proc.returncode == 0, (tmp_path / f"rerun-{i}.log").read_text()
+        final = summary(out / RUN_ID)
+        identical = final["methods"] == reference  # bit for bit (JSON floats round-trip)
+        outcomes.append((i, round(at, 2), finished, killed, done_at_kill, identical))
         print(
-            f"iteration {i}: SIGKILL at {at:.2f} s after launch "
-            f"({'it had already finished' if finished else f'{killed} processes'}), "
-            f"{n_complete(run_dir)} of 6 trials complete"
+            f"iteration {i}: SIGKILL {at:.2f} s after the work started (span {work:.1f} s) "
+            f"({'after it finished' if finished else f'{killed} processes'}), "
+            f"{done_at_kill} of 4 trials complete; rerun: exit 0, summary identical: {identical}"
         )
-    code, log = _run(out, tmp_path / "final.log", home)
-    assert code == 0, log
-    final = summary(run_dir)
-    assert final["failed_trials"] == []
-    assert final["methods"] == reference  # bit for bit (JSON floats round-trip exactly)
-    assert all(s["n"] == 6 for s in final["methods"].values())
-    print("kills (iteration, seconds, had finished, processes killed, trials complete):", report)
-    assert any(not r[2] for r in report), "no kill hit a running command"
-    from ntkflow import report as rep
-
-    cfg = load_config("smoke", overrides=[*SETS, "networks.enabled=false"])
-    assert rep.verify(cfg, Store(run_dir)) == {k: [] for k in range(6)}
+        assert identical and final["failed_trials"] == []
+        cfg = load_config("smoke", overrides=[*SETS, "networks.enabled=false"])
+        assert rep.verify(cfg, Store(out / RUN_ID)) == {k: [] for k in range(4)}
+    print("(iteration, s into work, had finished, killed, trials complete, identical):", outcomes)
+    assert sum(not o[2] for o in outcomes) >= 3, "most kills must hit a running command"
 
 
 def test_lease_of_a_killed_run_is_taken_over_after_it_expires(tmp_path):
     home = tmp_path / "prefect-home"
-    out, run_dir = tmp_path / "runs", tmp_path / "runs" / RUN_ID
+    big = [*SETS, "data.n_obs=1200", "networks.enabled=false"]  # trials long enough to catch
+    out, run_dir = tmp_path / "runs", tmp_path / "runs" / load_config("smoke", overrides=big).run_id
     ttl = 15.0
     env = {"NTKFLOW_HOST_ID": "host-a"}
     args = [*ARGS, "--set", f"compute.lease_seconds={ttl}", "--set", "data.n_obs=1200"]
@@ -83,11 +90,7 @@ def test_lease_of_a_killed_run_is_taken_over_after_it_expires(tmp_path):
     while proc.poll() is None and held is None:
         for lease_file in run_dir.glob("trials/*/lease/trial/*.json"):
             record = store.read_json(str(lease_file.relative_to(run_dir)))
-            if (
-                record
-                and not record.get("released")
-                and not lease_file.parent.parent.parent.joinpath("result.json").exists()
-            ):
+            if record and not record.get("released"):
                 held = (lease_file, record)
                 break
         time.sleep(0.02)

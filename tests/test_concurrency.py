@@ -185,4 +185,4 @@ def test_two_launches_at_the_same_moment(tmp_path):
 
 @pytest.mark.slow
 def test_three_launches_at_the_same_moment(tmp_path):
-    _launch_together(tmp_path, 3, ["trials=8", "data.n_obs=400"])
+    _launch_together(tmp_path, 3, ["trials=6", "data.n_obs=300"])
