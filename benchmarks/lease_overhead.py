@@ -86,7 +86,7 @@ def main() -> None:
     out = {"preset": a.preset, "trials": trials, "lease_ops": ops, "runs": []}
     if not a.no_runs:
         with tempfile.TemporaryDirectory() as tmp:
-            run(a.preset, True, tmp)  # warm-up: Prefect database migrations, imports
+            run("smoke", True, tmp)  # warm-up: Prefect database migrations, imports
             for _ in range(a.rounds):
                 for leases in (True, False):
                     out["runs"].append({"leases": leases, "wall_s": run(a.preset, leases, tmp)})

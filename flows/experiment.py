@@ -51,7 +51,7 @@ def trial_task(cfg: Config, out: str, k: int, versions: dict) -> dict:
     """Data and every kernel of trial k; finishes the trial when it has no networks."""
     store = Store(out)
     with tr.recording_errors(store, k):  # under the trial's lease; waits for a live holder
-        status = tr.kernel_part(cfg, store, k, versions)
+        status = tr.kernel_part(cfg, store, k, versions, on_wait=get_run_logger().info)
     if status == tr.ELSEWHERE:
         get_run_logger().info("trial-%03d was finished by another run", k)
     return {"trial": k, "status": status}
@@ -65,7 +65,9 @@ def train_task(cfg: Config, out: str, k: int, depth: int) -> dict:
     store = Store(out)
     set_torch_threads(cfg.compute.threads_per_worker)
     with tr.recording_errors(store, k):
-        item = tr.network_part(cfg, store, k, depth, compute.torch_device())
+        item = tr.network_part(
+            cfg, store, k, depth, compute.torch_device(), on_wait=get_run_logger().info
+        )
     return {"trial": k, "method": item["method"], "rmse": item["rmse"]}
 
 

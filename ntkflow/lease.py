@@ -168,19 +168,24 @@ def try_acquire(store: Store, rel: str, ttl: float) -> tuple[Lease | None, dict 
             "expires": now + ttl,
             "ttl": ttl,
         }
+        _ACTIVE.add(record["owner"])  # before it exists: other threads of this process see it live
         if store.create_exclusive(f"{rel}/{gen + 1:08d}.json", record):
             for old in gens:  # superseded generations: nobody reads them any more
                 store.remove(f"{rel}/{old:08d}.json", missing_ok=True)
             return Lease(store, rel, gen + 1, record, ttl), None
+        _ACTIVE.discard(record["owner"])
         # another run created that generation first: look again
     return None, holder
 
 
-def acquire_or_wait(store: Store, rel: str, ttl: float, done, what: str = "", poll=None):
+def acquire_or_wait(
+    store: Store, rel: str, ttl: float, done, what: str = "", poll=None, on_wait=None
+):
     """The lease at ``rel``, or None once ``done()`` says another run finished the work.
 
     While a live holder has the lease, poll (every ``poll`` seconds) until the work is done
     elsewhere (→ None) or the lease expires (→ taken over). Never fails because of a holder.
+    ``on_wait(message)`` is told once that the work is running elsewhere (default: logged).
     """
     if not enabled():
         return _NoLease()
@@ -193,11 +198,8 @@ def acquire_or_wait(store: Store, rel: str, ttl: float, done, what: str = "", po
         if done():
             return None
         if not said:
-            log.info(
-                "%s is running elsewhere (host %s, pid %s): waiting for it",
-                what or rel,
-                (holder or {}).get("host"),
-                (holder or {}).get("pid"),
-            )
+            h = holder or {}
+            msg = f"{what or rel} is running elsewhere (host {h.get('host')}, pid {h.get('pid')})"
+            (on_wait or log.info)(msg + ": waiting for it")
             said = True
         time.sleep(poll)

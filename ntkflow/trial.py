@@ -550,9 +550,12 @@ def _kernels_done(cfg: Config, store: Store, k: int) -> bool:
     )
 
 
-def kernel_part(cfg: Config, store: Store, k: int, versions: dict, scheduler="sync") -> str:
+def kernel_part(
+    cfg: Config, store: Store, k: int, versions: dict, scheduler="sync", on_wait=None
+) -> str:
     """Data and every kernel of trial k under the trial's lease; finishes the trial when it
-    has no networks. Returns REUSED, COMPUTED or ELSEWHERE (another run did it meanwhile)."""
+    has no networks. Returns REUSED, COMPUTED or ELSEWHERE (another run did it meanwhile);
+    ``on_wait(message)`` is called when the trial is running elsewhere and waited for."""
     if complete(cfg, store, k) is not None:
         return REUSED
     held = lease.acquire_or_wait(
@@ -561,6 +564,7 @@ def kernel_part(cfg: Config, store: Store, k: int, versions: dict, scheduler="sy
         cfg.compute.lease_seconds,
         done=lambda: _kernels_done(cfg, store, k),
         what=f"trial-{k:03d}",
+        on_wait=on_wait,
     )
     if held is None:
         return ELSEWHERE
@@ -573,7 +577,9 @@ def kernel_part(cfg: Config, store: Store, k: int, versions: dict, scheduler="sy
     return COMPUTED
 
 
-def network_part(cfg: Config, store: Store, k: int, depth: int, device: str = "cpu") -> dict:
+def network_part(
+    cfg: Config, store: Store, k: int, depth: int, device: str = "cpu", on_wait=None
+) -> dict:
     """One network of trial k under its own lease (waits for a live holder elsewhere)."""
     name = f"NN{depth}"
 
@@ -584,7 +590,12 @@ def network_part(cfg: Config, store: Store, k: int, depth: int, device: str = "c
     if record is not None:
         return record
     held = lease.acquire_or_wait(
-        store, lease_dir(k, name), cfg.compute.lease_seconds, done, f"trial-{k:03d}/{name}"
+        store,
+        lease_dir(k, name),
+        cfg.compute.lease_seconds,
+        done,
+        f"trial-{k:03d}/{name}",
+        on_wait=on_wait,
     )
     if held is None:
         return done()
