@@ -125,8 +125,8 @@ class Store:
 
         Atomic and complete when it succeeds: on a filesystem a fully written temporary file is
         hard-linked to the target (``link`` fails if the target exists, also on NFS); elsewhere
-        an exclusive open (``xb``: S3/GCS/Azure conditional PUT in s3fs/gcsfs/adlfs, a lock in
-        the in-process memory filesystem).
+        fsspec's exclusive open ``xb`` (s3fs: a conditional PUT, ``If-None-Match: *``; the
+        in-process memory filesystem: under a lock). README, "Several runs on one store".
         """
         data = json.dumps(payload, indent=1, sort_keys=True).encode()
         target = self.path(rel)
