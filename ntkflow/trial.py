@@ -95,8 +95,7 @@ def reusable_item(cfg: Config, store: Store, k: int, method: str, data_sha: str 
 
 def save_item(cfg: Config, store: Store, k: int, record: dict, data_sha: str) -> dict:
     """Write a method's record with its key, code version and the data it was computed from."""
-    method = record["method"]
-    kind = "network" if record["kind"] == "network" else "kernel"
+    method, kind = record["method"], record["kind"]  # kind: a key of keys.CODE_MODULES
     paths = [record[f] for f in ("gram", "predictions") if f in record]
     record = {
         **record,
