@@ -24,6 +24,7 @@ from prefect.artifacts import (
 )
 from prefect.states import Failed
 
+from flows import runtime
 from ntkflow import compute, preflight, report
 from ntkflow import trial as tr
 from ntkflow.config import Config, to_yaml
@@ -365,6 +366,7 @@ def _run_trials(cfg: Config, out: str, store: Store, todo: list[int], versions: 
 def experiment(cfg: Config, out: str) -> dict:
     """Every trial of ``cfg`` into the run folder ``out``, then the aggregate."""
     log = get_run_logger()
+    runtime.reclaim_signals()  # SIGTERM stops the run at once (ntkflow run only)
     store = Store(out)
     try:
         _check_store(out)  # before any work: the workers' writes must be visible here

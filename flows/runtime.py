@@ -126,8 +126,26 @@ def exit_on_signals(signals=(signal.SIGINT, signal.SIGTERM)) -> None:
         sys.stdout.flush()
         os._exit(128 + signum)
 
+    global _HANDLER
+    _HANDLER = handler
     for s in signals:
         signal.signal(s, handler)
+
+
+_HANDLER = None
+
+
+def reclaim_signals() -> None:
+    """Inside a flow started by ``ntkflow run``: put back :func:`exit_on_signals`' handler.
+
+    Prefect replaces the SIGTERM handler during a flow run with a graceful unwinding that
+    reports to the API; when a SIGTERM reached the whole process group the server is already
+    gone and that unwinding retried for minutes. Flows not started by the CLI keep Prefect's.
+    """
+    import threading
+
+    if _HANDLER is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _HANDLER)
 
 
 def _mark_crashed(message: str, timeout: float = 5.0) -> None:
