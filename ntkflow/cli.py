@@ -145,7 +145,7 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     import yaml
 
-    from ntkflow.config import validate
+    from ntkflow.config import validate, yaml_error_text
     from ntkflow.report import aggregate
     from ntkflow.store import Store
 
@@ -157,7 +157,7 @@ def cmd_report(args) -> int:
         raw = yaml.safe_load(store.read_bytes("config.yaml").decode())
     except (UnicodeDecodeError, yaml.YAMLError) as e:
         where = f"{store.url}/config.yaml"
-        raise ConfigError([(where, f"not a readable YAML config ({e})")]) from None
+        raise ConfigError([(where, f"not a readable YAML config ({yaml_error_text(e)})")]) from None
     if isinstance(raw, dict):
         raw.pop("provenance", None)
     cfg = validate(raw)

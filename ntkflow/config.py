@@ -142,7 +142,9 @@ class ComputeConfig(_Strict):
     @classmethod
     def _cluster(cls, v: str) -> str:
         """local, cuda, or a scheduler address (``tcp://host:port``, ``host:port``)."""
-        if v in ("local", "cuda") or re.fullmatch(r"([a-z][a-z0-9+]*://)?[^\s/:]+:\d+/?", v):
+        if v in ("local", "cuda") or re.fullmatch(
+            r"([a-z][a-z0-9+]*://)?(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):\d+/?", v
+        ):
             return v
         hint = (
             f"; did you mean {v.strip().lower()!r}?"
@@ -318,7 +320,9 @@ def load_config(
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise ConfigError([("--config", f"cannot read {str(path)!r}: {e}")]) from e
+            raise ConfigError(
+                [("--config", f"cannot read {str(path)!r}: {yaml_error_text(e)}")]
+            ) from e
         if not isinstance(loaded, dict):
             raise ConfigError([("--config", f"{str(path)!r} must hold a mapping")])
         raw = _merge(raw, loaded)
@@ -334,6 +338,15 @@ def load_config(
         if value is not None:
             raw = _merge(raw, _nest(key, value))
     return validate(raw)
+
+
+def yaml_error_text(e: Exception) -> str:
+    """A YAML (or decoding) error in one line: the problem and where, without the echo."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(e).split())
 
 
 def _nest(dotted: str, value: Any) -> dict[str, Any]:

@@ -10,11 +10,13 @@ import urllib.request
 
 import pandas as pd
 import pytest
+import yaml
 
 from ntkflow.config import load_config
 from ntkflow.store import Store
 
 pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SMOKE = ["--preset", "smoke", "--set", "compute.n_workers=2"]
 
@@ -70,7 +72,12 @@ def test_smoke_run_fails_one_trial_then_reruns_only_it(tmp_path, run_cli):
         result = Store(run_dir).read_json(f"trials/{k:03d}/result.json", verify=True)
         assert result["formulas"] == "exact" and result["versions"]["numpy"]
     assert not (run_dir / "trials/001/error.json").exists()
-    assert "commit" in (run_dir / "config.yaml").read_text()
+    provenance = yaml.safe_load((run_dir / "config.yaml").read_text())["provenance"]
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    assert provenance["git_commit"] == (head or None)  # the checkout's commit, or None without git
+    assert provenance["run_id"] == cfg.run_id
 
     # re-aggregation from the store alone gives the same statistics
     again = run_cli("report", str(run_dir))
