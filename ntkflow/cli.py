@@ -192,7 +192,7 @@ def _print_summary(summary: dict, url: str, seconds: float | None, api: str | No
     console.print(f"report: {url}/report.md")
     flow_runs = summary["run"].get("flow_runs") or []
     if api and flow_runs and flow_runs[-1].get("url"):
-        console.print(f"Prefect UI: {flow_runs[-1]['url']}")
+        console.print(f"Prefect UI: {flow_runs[-1]['url']}", soft_wrap=True)
 
 
 if __name__ == "__main__":
