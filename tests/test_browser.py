@@ -72,7 +72,9 @@ def server(tmp_path_factory):
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail(f"prefect server did not start: {(home / 'server.log').read_text()}")
+                    pytest.fail(
+                        f"prefect server did not start: {(home / 'server.log').read_text()}"
+                    )
                 time.sleep(1)
         yield f"http://127.0.0.1:{port}"
     finally:

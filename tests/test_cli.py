@@ -152,6 +152,37 @@ def test_store_the_workers_cannot_see(run_cli):
 
 
 # ---- signals ----------------------------------------------------------------------------------
+EPOCHS = 50_000  # minutes per network at width 64: still training when the signal comes
+
+
+def _progress(lines, tmp_path) -> dict:
+    """The run's progress artifact, read from the embedded API the run printed."""
+    import json
+    import re
+    import urllib.request
+
+    from flows.experiment import _artifact_key
+
+    api = re.search(r"Prefect API (\S+) \(embedded\)", "".join(lines))[1]
+    cfg = load_config("smoke", overrides=["trials=4", f"networks.epochs=[{EPOCHS}, {EPOCHS}]"])
+    key = _artifact_key("progress", cfg, str(tmp_path / "runs" / cfg.run_id))
+    req = urllib.request.Request(
+        f"{api}/artifacts/filter",
+        data=json.dumps({"artifacts": {"key": {"any_": [key]}}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    (art,) = json.loads(urllib.request.urlopen(req, timeout=10).read())
+    return art
+
+
+def _wait_for(lines, proc, text, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not any(text in line for line in list(lines)):
+        assert proc.poll() is None, "".join(lines)
+        assert time.monotonic() < deadline, "".join(lines)
+        time.sleep(0.5)
+
+
 def _start_run(tmp_path, prefect_home):
     env = {
         **os.environ,
@@ -171,7 +202,7 @@ def _start_run(tmp_path, prefect_home):
         "--set",
         "trials=4",
         "--set",
-        "networks.epochs=[100000, 100000]",
+        f"networks.epochs=[{EPOCHS}, {EPOCHS}]",
         "--set",
         "networks.log_every=200",
         "--out",
@@ -203,11 +234,16 @@ def test_signal_stops_everything(tmp_path, prefect_home, signum, to_group):
     and no process it started (embedded server, Dask nannies and workers) survives."""
     proc, lines, reader = _start_run(tmp_path, prefect_home)
     try:
-        deadline = time.monotonic() + 300
-        while not any(" epoch 200/" in line for line in list(lines)):
-            assert proc.poll() is None, "".join(lines)
-            assert time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.5)
+        _wait_for(lines, proc, " epoch 200/")
+        if signum == signal.SIGTERM:  # meanwhile: progress moves with epochs, not only trials
+            time.sleep(3)
+            before = _progress(lines, tmp_path)
+            _wait_for(lines, proc, " epoch 2000/")
+            time.sleep(3)
+            after = _progress(lines, tmp_path)
+            assert before["description"].startswith("0/4 trials done")
+            assert after["description"].startswith("0/4 trials done")
+            assert 0 < before["data"] < after["data"] < 100, (before["data"], after["data"])
         tree = psutil.Process(proc.pid).children(recursive=True)
         assert len(tree) >= 3  # the server and the workers
         t0 = time.monotonic()

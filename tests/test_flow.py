@@ -53,6 +53,10 @@ def test_smoke_run_fails_one_trial_then_reruns_only_it(tmp_path, run_cli):
     assert (done.stat().st_mtime_ns, done.read_bytes()) == before  # not rewritten
     summary = _summary(run_dir)
     assert summary["failed_trials"] == []
+    # both flow runs that produced the summary are recorded, the failed one first
+    flow_runs = summary["run"]["flow_runs"]
+    assert len(flow_runs) == 2 and flow_runs[0]["id"] != flow_runs[1]["id"]
+    assert all(r["name"].startswith(load_config("smoke").run_id) for r in flow_runs)
     cfg = load_config("smoke")
     for m in cfg.methods:
         assert summary["methods"][m]["n"] == 2, m
@@ -167,8 +171,12 @@ def test_against_a_real_prefect_server(tmp_path, prefect_home, run_cli):
         names = {t["name"] for t in tasks}
         assert {"trial-000", "trial-001", "aggregate"} <= names
         assert all(t["state_type"] == "COMPLETED" for t in tasks)
-        kinds = {a["type"] for a in post("artifacts/filter", {})}
-        assert {"progress", "table", "markdown"} <= kinds
+        keyed = {a["type"]: a for a in post("artifacts/filter", {}) if a["key"]}
+        assert {"progress", "table", "markdown"} <= set(keyed)
+        assert keyed["progress"]["data"] == 100.0
+        assert keyed["progress"]["description"].startswith("2/2 trials done")
+        (run,) = flows
+        assert f"Prefect UI: http://127.0.0.1:{port}/runs/flow-run/{run['id']}" in res.stdout
     finally:
         server.terminate()
         server.wait(timeout=30)
