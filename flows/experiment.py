@@ -54,9 +54,10 @@ class UpstreamFailed(RuntimeError):
     """A trial's later step was not run because an earlier one failed."""
 
 
-def _upstream_failed(what: str, error: str):
-    """The terminal state of a step that cannot run: it names the failed step and its error."""
-    msg = f"not run: {what} failed ({error})"
+def _upstream_failed(upstream: str):
+    """The terminal state of a step that cannot run; ``upstream`` names the failed step and
+    its error ("trial-001 failed (InjectedFault: ...)")."""
+    msg = f"not run: {upstream}"
     return Failed(name="UpstreamFailed", message=msg, data=UpstreamFailed(msg))
 
 
@@ -99,7 +100,7 @@ def trial_task(cfg: Config, out: str, k: int, versions: dict) -> dict:
 def train_task(cfg: Config, out: str, k: int, depth: int, upstream_error: str | None = None):
     """One network of trial k, on the worker's GPU when it has one (dask-cuda pins cuda:0)."""
     if upstream_error is not None:
-        return _upstream_failed(f"trial-{k:03d}", upstream_error)
+        return _upstream_failed(upstream_error)
     from ntkflow.train import set_torch_threads
 
     store = Store(out)
@@ -115,7 +116,7 @@ def train_task(cfg: Config, out: str, k: int, depth: int, upstream_error: str | 
 @task(task_run_name="trial-{k:03d}/result", **RETRY)
 def finish_task(cfg: Config, out: str, k: int, versions: dict, upstream_error: str | None = None):
     if upstream_error is not None:
-        return _upstream_failed(f"trial-{k:03d}", upstream_error)
+        return _upstream_failed(upstream_error)
     store = Store(out)
     if tr.load_result(store, k) is None:
         with _logged_errors(store, k):
@@ -159,12 +160,24 @@ def _epoch_logger(k: int, depth: int, epochs: int):
     return on_epoch
 
 
+def _dask_client():
+    """The flow's Dask client: its DaskTaskRunner's (which is not registered as the default
+    client, so ``distributed.get_client()`` alone finds none in the flow). ValueError if none."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    client = getattr(getattr(ctx, "task_runner", None), "client", None)
+    if client is None:
+        from distributed import get_client
+
+        return get_client()
+    return client
+
+
 def _gpu_annotation() -> dict:
     """Dask resource annotation for training tasks when the cluster declares GPUs."""
     try:
-        from distributed import get_client
-
-        return {"resources": {"GPU": 1}} if compute.cluster_has_gpus(get_client()) else {}
+        return {"resources": {"GPU": 1}} if compute.cluster_has_gpus(_dask_client()) else {}
     except ValueError:  # no client: not on Dask
         return {}
 
@@ -264,16 +277,17 @@ class _Progress:
         failed = f", {len(self.failed)} failed" if self.failed else ""
         return f"{self.ok}/{self.total} trials done{failed} (run {self.cfg.run_id})"
 
-    def read_epochs(self) -> None:
+    def follow_epochs(self) -> None:
+        """Receive the training tasks' epoch events (pushed by the scheduler as they come)."""
         try:
-            from distributed import get_client
+            _dask_client().subscribe_topic(PROGRESS_TOPIC, self._on_epoch)
+        except ValueError:  # no Dask client: progress moves with trials only
+            pass
 
-            events = get_client().get_events(PROGRESS_TOPIC)
-        except Exception:  # noqa: BLE001 - no Dask client or scheduler gone: epochs stay as they are
-            return
-        for _, msg in events:
-            key = (msg["trial"], msg["depth"])
-            self.epochs[key] = max(self.epochs.get(key, 0), msg["epoch"])
+    def _on_epoch(self, event) -> None:
+        msg = event[1]
+        key = (msg["trial"], msg["depth"])
+        self.epochs[key] = max(self.epochs.get(key, 0), msg["epoch"])
 
     def trial_ended(self, k: int, ok: bool, error: str | None = None) -> None:
         finished = self.ok + len(self.failed) + 1 - (self.total - self.todo)
@@ -325,14 +339,18 @@ def _run_trials(cfg: Config, out: str, store: Store, todo: list[int], versions: 
 
     n = cfg.networks
     pending: dict = {}  # future -> (trial, step)
-    nets: dict[int, list] = {}  # trial -> [(depth, state or None)]
+    nets: dict[int, list] = {}  # trial -> one error (or None) per finished network
+    upstream: dict[int, str] = {}  # trial -> its failed kernel step, which its networks skipped
 
     def submit_nets(k: int, error: str | None) -> None:
         with dask.annotate(**_gpu_annotation()):
             for L in n.depths:
                 pending[train_task.submit(cfg, out, k, L, error)] = (k, L)
         nets[k] = []
+        if error is not None:
+            upstream[k] = error
 
+    progress.follow_epochs()
     for k in todo:
         pending[trial_task.submit(cfg, out, k, versions)] = (k, "trial")
     while pending:
@@ -345,18 +363,20 @@ def _run_trials(cfg: Config, out: str, store: Store, todo: list[int], versions: 
                 if ok:
                     progress.kernels_done.add(k)
                 if n.enabled:
-                    submit_nets(k, None if ok else _failure(store, k, state))
+                    submit_nets(
+                        k, None if ok else f"trial-{k:03d} failed ({_failure(store, k, state)})"
+                    )
                     continue
             elif step != "result":  # a network: the result step follows both networks
-                nets[k].append(None if ok else _failure(store, k, state))
+                step_name = f"trial-{k:03d}/train/NN{step}"
+                nets[k].append(None if ok else f"{step_name} failed ({_failure(store, k, state)})")
                 if len(nets[k]) == len(n.depths):
-                    errors = [e for e in nets[k] if e is not None]
+                    errors = [upstream[k]] if k in upstream else [e for e in nets[k] if e]
                     first = errors[0] if errors else None
                     pending[finish_task.submit(cfg, out, k, versions, first)] = (k, "result")
                 continue
             done = tr.load_result(store, k) is not None  # the store, not the future, is the truth
             progress.trial_ended(k, done, None if done else _failure(store, k, state))
-        progress.read_epochs()
         progress.update(running={k for k, _ in pending.values()})
         if not ended:
             time.sleep(0.5)
