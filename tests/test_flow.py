@@ -87,6 +87,7 @@ def test_smoke_run_fails_one_trial_then_reruns_only_it(tmp_path, run_cli):
     again = run_cli("report", str(run_dir))
     assert again.returncode == 0, again.stderr
     assert _summary(run_dir)["methods"] == summary["methods"]
+    assert _summary(run_dir)["run"]["flow_runs"] == flow_runs  # the history survives
 
 
 def test_persistent_failure_keeps_failing(tmp_path, run_cli):
