@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PRESET  ?= quick
 ARGS    ?=
 
-.PHONY: venv run test test-fast bench lint clean
+.PHONY: venv run test test-fast bench lint clean chromium
 
 venv: $(VENV)/.installed
 
@@ -20,7 +20,11 @@ $(VENV)/.installed: pyproject.toml
 run: venv
 	$(BIN)/ntkflow run --preset $(PRESET) $(ARGS)
 
-test: venv
+# Debian's chromium + chromium-driver for tests/test_browser.py (skipped without them).
+chromium:
+	.ci/install-chromium
+
+test: venv chromium
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q --timeout=900
 

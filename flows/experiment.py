@@ -7,9 +7,14 @@ so a rerun of the same experiment (same run id) skips finished trials and recomp
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
+import math
 import os
 import random
 import time
+import uuid
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -18,12 +23,12 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.futures import as_completed
 from prefect.states import Failed
 
-from ntkflow import compute, report
+from flows import runtime
+from ntkflow import compute, preflight, report
 from ntkflow import trial as tr
-from ntkflow.config import Config
+from ntkflow.config import Config, to_yaml
 from ntkflow.store import Store
 
 
@@ -46,11 +51,42 @@ def _transient(task, task_run, state) -> bool:
 RETRY = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": _transient}
 
 
+class UpstreamFailed(RuntimeError):
+    """A trial's later step was not run because an earlier one failed."""
+
+
+def _upstream_failed(upstream: str):
+    """The terminal state of a step that cannot run; ``upstream`` names the failed step and
+    its error ("trial-001 failed (InjectedFault: ...)")."""
+    msg = f"not run: {upstream}"
+    return Failed(name="UpstreamFailed", message=msg, data=UpstreamFailed(msg))
+
+
+@contextlib.contextmanager
+def _logged_errors(store: Store, k: int):
+    """Record a failure in the trial's error.json and log its traceback in the task's logs
+    (Prefect itself logs it only once retries are used up, which a deterministic error skips)."""
+    try:
+        with tr.recording_errors(store, k):
+            yield
+    except Exception as exc:
+        get_run_logger().error(
+            "trial-%03d failed: %s: %s", k, type(exc).__name__, exc, exc_info=True
+        )
+        raise
+
+
+@task(task_run_name="check-store", retries=0)
+def store_check_task(out: str, token: str) -> str:
+    """On a worker: write a probe file into the store (the flow reads it back)."""
+    return preflight.probe_write(out, token)
+
+
 @task(task_run_name="trial-{k:03d}", **RETRY)
 def trial_task(cfg: Config, out: str, k: int, versions: dict) -> dict:
     """Data and every kernel of trial k; finishes the trial when it has no networks."""
     store = Store(out)
-    with tr.recording_errors(store, k):  # under the trial's lease; waits for a live holder
+    with _logged_errors(store, k):  # under the trial's lease; waits for a live holder
         status = tr.kernel_part(cfg, store, k, versions, on_wait=get_run_logger().info)
     if status == tr.ELSEWHERE:
         get_run_logger().info("trial-%03d was finished by another run", k)
@@ -58,23 +94,34 @@ def trial_task(cfg: Config, out: str, k: int, versions: dict) -> dict:
 
 
 @task(task_run_name="trial-{k:03d}/train/NN{depth}", **RETRY)
-def train_task(cfg: Config, out: str, k: int, depth: int) -> dict:
+def train_task(cfg: Config, out: str, k: int, depth: int, upstream_error: str | None = None):
     """One network of trial k, on the worker's GPU when it has one (dask-cuda pins cuda:0)."""
+    if upstream_error is not None:
+        return _upstream_failed(upstream_error)
     from ntkflow.train import set_torch_threads
 
     store = Store(out)
     set_torch_threads(cfg.compute.threads_per_worker)
-    with tr.recording_errors(store, k):
+    epochs = cfg.networks.epochs[cfg.networks.depths.index(depth)]
+    with _logged_errors(store, k):
         item = tr.network_part(
-            cfg, store, k, depth, compute.torch_device(), on_wait=get_run_logger().info
+            cfg,
+            store,
+            k,
+            depth,
+            compute.torch_device(),
+            on_wait=get_run_logger().info,
+            progress=_epoch_logger(k, depth, epochs),
         )
     return {"trial": k, "method": item["method"], "rmse": item["rmse"]}
 
 
-@task(task_run_name="trial-{k:03d}/result")
-def finish_task(cfg: Config, out: str, k: int, versions: dict) -> dict:
+@task(task_run_name="trial-{k:03d}/result", **RETRY)
+def finish_task(cfg: Config, out: str, k: int, versions: dict, upstream_error: str | None = None):
+    if upstream_error is not None:
+        return _upstream_failed(upstream_error)
     store = Store(out)
-    with tr.recording_errors(store, k):
+    with _logged_errors(store, k):
         return {"trial": k, "status": tr.finish_part(cfg, store, k, versions)}
 
 
@@ -83,26 +130,269 @@ def aggregate_task(cfg: Config, out: str, run_info: dict) -> dict:
     return report.aggregate(cfg, Store(out), run_info)
 
 
+PROGRESS_TOPIC = "ntkflow-progress"
+
+
+def _epoch_logger(k: int, depth: int, epochs: int):
+    """Training callback: log the losses and publish the epoch to the flow (Dask event)."""
+    log = get_run_logger()
+
+    def on_epoch(epoch: int, row: dict) -> None:
+        log.info(
+            "trial-%03d NN%d epoch %d/%d: train loss %.4g, val loss %.4g",
+            k,
+            depth,
+            epoch,
+            epochs,
+            row["train_loss"],
+            row["val_loss"],
+        )
+        try:
+            from distributed import get_worker
+
+            get_worker().log_event(PROGRESS_TOPIC, {"trial": k, "depth": depth, "epoch": epoch})
+        except ValueError:  # not on a Dask worker
+            pass
+
+    return on_epoch
+
+
+def _dask_client():
+    """The flow's Dask client: its DaskTaskRunner's (which is not registered as the default
+    client, so ``distributed.get_client()`` alone finds none in the flow). ValueError if none."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    client = getattr(getattr(ctx, "task_runner", None), "client", None)
+    if client is None:
+        from distributed import get_client
+
+        return get_client()
+    return client
+
+
 def _gpu_annotation() -> dict:
     """Dask resource annotation for training tasks when the cluster declares GPUs."""
     try:
-        from distributed import get_client
-
-        return {"resources": {"GPU": 1}} if compute.cluster_has_gpus(get_client()) else {}
+        return {"resources": {"GPU": 1}} if compute.cluster_has_gpus(_dask_client()) else {}
     except ValueError:  # no client: not on Dask
         return {}
+
+
+def _check_store(out: str) -> None:
+    """Before any work: a worker writes the store and this process reads it back (else a
+    PlaceError: results written where the flow cannot see them would be lost)."""
+    token = uuid.uuid4().hex
+    fut = store_check_task.submit(out, token)
+    try:
+        host = fut.result()
+    except Exception as e:  # noqa: BLE001 - whatever the worker hit writing the store
+        raise preflight.worker_cannot_write(out, e) from e
+    preflight.probe_read(out, token, host)
+
+
+def _artifact_key(kind: str, cfg: Config, out: str) -> str:
+    """``kind-<run id>-<store digest>``: runs of one experiment in two stores keep apart."""
+    return f"{kind}-{cfg.run_id}-{hashlib.sha256(out.encode()).hexdigest()[:6]}"
+
+
+def _sig(v, digits: int = 4):
+    """A float rounded to ``digits`` significant digits (tables stay readable)."""
+    if isinstance(v, float) and math.isfinite(v) and v != 0:
+        return round(v, digits - 1 - math.floor(math.log10(abs(v))))
+    return v
+
+
+def _results_table(summary: dict) -> list[dict]:
+    cols = ("n", "mean_rmse", "se", "median", "q1", "q3")
+    return [
+        {"method": m, **{c: _sig(s[c]) for c in cols if c in s}}
+        for m, s in summary["methods"].items()
+    ]
+
+
+def _report_markdown(store: Store) -> str:
+    """report.md with the box plot embedded as a data URI (the UI cannot load a store path)."""
+    png = base64.b64encode(store.read_bytes("boxplot.png")).decode()
+    md = store.read_bytes("report.md").decode()
+    return md.replace("](boxplot.png)", f"](data:image/png;base64,{png})")
+
+
+def _flow_runs(store: Store) -> list[dict]:
+    """This flow run (id, name, UI URL) after those recorded by earlier runs of the same id."""
+    from prefect.runtime import flow_run
+
+    prev = (store.read_json("summary.json") or {}).get("run", {}).get("flow_runs", [])
+    this = {
+        "id": str(flow_run.id),
+        "name": flow_run.name,
+        "url": _ui_url(f"runs/flow-run/{flow_run.id}"),
+        "api": os.environ.get("PREFECT_API_URL"),
+    }
+    return [r for r in prev if isinstance(r, dict) and r.get("id") != this["id"]] + [this]
+
+
+def _ui_url(path: str) -> str | None:
+    """The Prefect UI URL of ``path``: PREFECT_UI_URL, else the API URL without ``/api``."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    base = settings.ui_url or str(settings.api.url or "").removesuffix("/").removesuffix("/api")
+    return f"{base.rstrip('/')}/{path}" if base else None
+
+
+class _Progress:
+    """Trials done, failed and running, with training epochs: the progress artifact and log."""
+
+    def __init__(self, cfg: Config, out: str, reused: int, log):
+        self.cfg, self.log, self.total = cfg, log, cfg.trials
+        self.ok, self.failed, self.kernels_done = reused, [], set()
+        self.epochs: dict[tuple[int, int], int] = {}
+        self.start = time.monotonic()
+        self.todo = cfg.trials - reused
+        self.id = create_progress_artifact(
+            self.value(),
+            key=_artifact_key("progress", cfg, out),
+            description=self.describe(),
+        )
+        self.shown = (self.value(), self.describe())
+
+    def trial_fraction(self, k: int) -> float:
+        """Share of trial k done: its kernel step and each network's epochs, equally weighted."""
+        n = self.cfg.networks
+        if not n.enabled:
+            return 0.0
+        parts = [1.0 if k in self.kernels_done else 0.0]
+        parts += [self.epochs.get((k, L), 0) / E for L, E in zip(n.depths, n.epochs, strict=True)]
+        return sum(parts) / len(parts)
+
+    def value(self, running=()) -> float:
+        share = self.ok + sum(self.trial_fraction(k) for k in running)
+        return round(100.0 * share / self.total, 2)
+
+    def describe(self) -> str:
+        failed = f", {len(self.failed)} failed" if self.failed else ""
+        return f"{self.ok}/{self.total} trials done{failed} (run {self.cfg.run_id})"
+
+    def follow_epochs(self) -> None:
+        """Receive the training tasks' epoch events (pushed by the scheduler as they come)."""
+        try:
+            _dask_client().subscribe_topic(PROGRESS_TOPIC, self._on_epoch)
+        except ValueError:  # no Dask client: progress moves with trials only
+            pass
+
+    def _on_epoch(self, event) -> None:
+        msg = event[1]
+        key = (msg["trial"], msg["depth"])
+        self.epochs[key] = max(self.epochs.get(key, 0), msg["epoch"])
+
+    def trial_ended(self, k: int, ok: bool, error: str | None = None) -> None:
+        finished = self.ok + len(self.failed) + 1 - (self.total - self.todo)
+        if ok:
+            self.ok += 1
+            eta = (time.monotonic() - self.start) / finished * (self.todo - finished)
+            self.log.info("trial-%03d done [%s, ETA %.0f s]", k, self.describe(), eta)
+        else:
+            self.failed.append(k)
+            self.log.error("trial-%03d FAILED [%s]: %s", k, self.describe(), error)
+
+    def update(self, running=()) -> None:
+        shown = (self.value(running), self.describe())
+        if shown != self.shown:
+            update_progress_artifact(self.id, shown[0], description=shown[1])
+            self.shown = shown
+
+
+def _failure(store: Store, k: int, state) -> str:
+    """What failed in trial k, never "None": its error.json, else the task's final state."""
+    err = (store.read_json(f"{tr.trial_dir(k)}/error.json") or {}).get("error")
+    if err:
+        return err
+    if state is not None and state.message:
+        return f"{state.name}: {state.message}"
+    return f"no result.json and no error recorded (final state {getattr(state, 'name', '?')})"
+
+
+def _final_state(fut):
+    """The finished future's Prefect state (None if it could not be read)."""
+    fut.wait()
+    try:
+        return fut.state
+    except Exception:  # noqa: BLE001 - API unreachable: the store decides
+        return None
+
+
+def _is_done(fut) -> bool:
+    wrapped = getattr(fut, "wrapped_future", None)
+    if wrapped is not None and hasattr(wrapped, "done"):
+        return wrapped.done()
+    return fut.state.is_final()
+
+
+def _run_trials(cfg: Config, out: str, store: Store, todo: list[int], versions: dict, progress):
+    """Submit each trial's steps as the previous one ends; a step after a failed one still runs
+    as a task that ends at once in a Failed state naming the failure (nothing stays Pending)."""
+    import dask
+
+    n = cfg.networks
+    pending: dict = {}  # future -> (trial, step)
+    nets: dict[int, list] = {}  # trial -> one error (or None) per finished network
+    upstream: dict[int, str] = {}  # trial -> its failed kernel step, which its networks skipped
+
+    def submit_nets(k: int, error: str | None) -> None:
+        with dask.annotate(**_gpu_annotation()):
+            for L in n.depths:
+                pending[train_task.submit(cfg, out, k, L, error)] = (k, L)
+        nets[k] = []
+        if error is not None:
+            upstream[k] = error
+
+    progress.follow_epochs()
+    for k in todo:
+        pending[trial_task.submit(cfg, out, k, versions)] = (k, "trial")
+    while pending:
+        ended = [f for f in pending if _is_done(f)]
+        for fut in ended:
+            k, step = pending.pop(fut)
+            state = _final_state(fut)
+            ok = state is not None and state.is_completed()
+            if step == "trial":
+                if ok:
+                    progress.kernels_done.add(k)
+                if n.enabled:
+                    submit_nets(
+                        k, None if ok else f"trial-{k:03d} failed ({_failure(store, k, state)})"
+                    )
+                    continue
+            elif step != "result":  # a network: the result step follows both networks
+                step_name = f"trial-{k:03d}/train/NN{step}"
+                nets[k].append(None if ok else f"{step_name} failed ({_failure(store, k, state)})")
+                if len(nets[k]) == len(n.depths):
+                    errors = [upstream[k]] if k in upstream else [e for e in nets[k] if e]
+                    first = errors[0] if errors else None
+                    pending[finish_task.submit(cfg, out, k, versions, first)] = (k, "result")
+                continue
+            done = tr.load_result(store, k) is not None  # the store, not the future, is the truth
+            progress.trial_ended(k, done, None if done else _failure(store, k, state))
+        progress.update(running={k for k, _ in pending.values()})
+        if not ended:
+            time.sleep(0.5)
 
 
 @flow(name="experiment", log_prints=True)
 def experiment(cfg: Config, out: str) -> dict:
     """Every trial of ``cfg`` into the run folder ``out``, then the aggregate."""
-    import dask
-
     log = get_run_logger()
+    runtime.reclaim_signals()  # SIGTERM stops the run at once (ntkflow run only)
     store = Store(out)
+    try:
+        _check_store(out)  # before any work: the workers' writes must be visible here
+    except preflight.PlaceError as e:  # a usage error, reported without a traceback
+        log.error("%s", e)
+        return Failed(message=str(e), data=e)
     versions = report.versions()
+    store.write_text("config.yaml", to_yaml(cfg, provenance=versions))
     trials = list(range(cfg.trials))
-    progress = create_progress_artifact(0.0, description=f"trials done of {cfg.trials}")
     todo = [k for k in trials if tr.complete(cfg, store, k) is None]
     # Each launch takes the trials in its own random order, so concurrent launches of the same
     # run mostly compute different trials instead of waiting on each other's leases.
@@ -114,44 +404,32 @@ def experiment(cfg: Config, out: str) -> dict:
         len(todo),
         store.url,
     )
+    progress = _Progress(cfg, out, len(trials) - len(todo), log)
+    _run_trials(cfg, out, store, todo, versions, progress)
+    progress.update()
 
-    # The last future of each trial: its trial task, or its finish task after the networks.
-    last = {}
-    for k in todo:
-        fut = trial_task.submit(cfg, out, k, versions)
-        if cfg.networks.enabled:
-            with dask.annotate(**_gpu_annotation()):
-                nets = [
-                    train_task.submit(cfg, out, k, L, wait_for=[fut]) for L in cfg.networks.depths
-                ]
-            fut = finish_task.submit(cfg, out, k, versions, wait_for=nets)
-        last[fut] = k
-
-    done, start = len(trials) - len(todo), time.monotonic()
-    update_progress_artifact(progress, 100.0 * done / len(trials))
-    for i, fut in enumerate(as_completed(list(last)), 1):
-        k = last[fut]
-        done += 1
-        eta = (time.monotonic() - start) / i * (len(todo) - i)
-        if tr.load_result(store, k) is not None:  # the store, not the future, is the truth
-            log.info("trial-%03d done [%d/%d, ETA %.0f s]", k, done, len(trials), eta)
-        else:
-            err = store.read_json(f"{tr.trial_dir(k)}/error.json") or {}
-            log.error("trial-%03d FAILED [%d/%d]: %s", k, done, len(trials), err.get("error"))
-        update_progress_artifact(progress, 100.0 * done / len(trials))
-
-    summary = aggregate_task(cfg, out, {"prefect_api": os.environ.get("PREFECT_API_URL")})
+    run_info = {
+        "prefect_api": os.environ.get("PREFECT_API_URL"),
+        "flow_runs": _flow_runs(store),
+    }
+    summary = aggregate_task(cfg, out, run_info)
     create_table_artifact(
-        [{"method": m, **s} for m, s in summary["methods"].items()],
-        key=f"results-{cfg.run_id}",
-        description=f"test RMSE per method, run {cfg.run_id}",
+        _results_table(summary),
+        key=_artifact_key("results", cfg, out),
+        description=f"test RMSE per method (4 significant digits), run {cfg.run_id}",
     )
-    create_markdown_artifact(store.read_bytes("report.md").decode(), key=f"report-{cfg.run_id}")
+    create_markdown_artifact(
+        _report_markdown(store),
+        key=_artifact_key("report", cfg, out),
+        description=f"report of run {cfg.run_id} (also {store.url}/report.md)",
+    )
     if summary["failed_trials"]:
-        # A Failed state, not an exception: the run is marked failed without a traceback.
-        return Failed(
-            message=f"{len(summary['failed_trials'])} trial(s) failed: "
+        msg = (
+            f"{len(summary['failed_trials'])} trial(s) failed: "
             f"{summary['failed_trials']}; rerun the same command to recompute only those "
             f"(summary: {store.url}/summary.json)"
         )
+        log.error("run %s finished in state Failed: %s", cfg.run_id, msg)
+        # A Failed state, not an exception: the run is marked failed without a traceback.
+        return Failed(message=msg)
     return summary

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import sys
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -61,7 +63,7 @@ class PrefectAPIPlugin(WorkerPlugin):
         os.environ["PREFECT_API_URL"] = self.api_url
 
 
-def point_workers_at(address: str, api_url: str) -> int:
+def point_workers_at(address: str, api_url: str, timeout: float = 30.0) -> int:
     """Export the run's Prefect API URL into every worker of an existing Dask cluster.
 
     Workers started by hand do not inherit this process's environment; without the URL each one
@@ -72,7 +74,7 @@ def point_workers_at(address: str, api_url: str) -> int:
     """
     from distributed import Client
 
-    with Client(address, timeout="30s") as client:
+    with Client(address, timeout=f"{timeout}s") as client:
         client.register_plugin(PrefectAPIPlugin(api_url))
         return len(client.scheduler_info()["workers"])
 
@@ -81,3 +83,90 @@ def task_runner(cfg: Config):
     from prefect_dask import DaskTaskRunner
 
     return DaskTaskRunner(**compute.cluster_spec(cfg.compute))
+
+
+INTERRUPTED = "interrupted; rerun to resume"
+
+
+def stop_children(grace: float = 5.0) -> None:
+    """Terminate every process this one started (Prefect server, Dask nannies and workers),
+    then kill what is still alive after ``grace`` seconds: nothing is left orphaned."""
+    import psutil
+
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for p in children:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=grace)
+
+
+def exit_on_signals(signals=(signal.SIGINT, signal.SIGTERM)) -> None:
+    """On SIGINT/SIGTERM: say so, stop the workers and the embedded server, exit 128 + signal.
+
+    A graceful unwinding through Prefect and Dask can hang for minutes once the server or the
+    workers are gone (a Ctrl-C reaches the whole process group), and finished work is already
+    committed to the store, so the process stops its children itself and exits at once; a
+    rerun of the same command resumes from the store.
+    """
+
+    def handler(signum, frame):
+        for s in signals:  # a second signal while stopping must not interrupt the cleanup
+            signal.signal(s, signal.SIG_IGN)
+        name = signal.Signals(signum).name
+        print(f"\nntkflow: {name}: {INTERRUPTED}", file=sys.stderr, flush=True)
+        _mark_crashed(f"{name}: {INTERRUPTED}")
+        stop_children()
+        sys.stdout.flush()
+        os._exit(128 + signum)
+
+    global _HANDLER
+    _HANDLER = handler
+    for s in signals:
+        signal.signal(s, handler)
+
+
+_HANDLER = None
+
+
+def reclaim_signals() -> None:
+    """Inside a flow started by ``ntkflow run``: put back :func:`exit_on_signals`' handler.
+
+    Prefect replaces the SIGTERM handler during a flow run with a graceful unwinding that
+    reports to the API; when a SIGTERM reached the whole process group the server is already
+    gone and that unwinding retried for minutes. Flows not started by the CLI keep Prefect's.
+    """
+    import threading
+
+    if _HANDLER is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _HANDLER)
+
+
+def _mark_crashed(message: str, timeout: float = 5.0) -> None:
+    """Best effort: end the current flow run in a Crashed state, so the UI does not show it
+    Running forever. Bounded by ``timeout`` (the server may already be gone)."""
+    import threading
+
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    flow_run_id = ctx.flow_run.id
+
+    def send() -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.states import Crashed
+
+        with contextlib.suppress(Exception), get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    t.join(timeout)

@@ -7,7 +7,14 @@ import os
 import sys
 import time
 
-from ntkflow.config import PRESET_HELP, PRESETS, ConfigError, load_config, to_yaml
+from ntkflow.config import (
+    DEFAULT_PRESET,
+    PRESET_HELP,
+    PRESETS,
+    ConfigError,
+    load_config,
+    to_yaml,
+)
 
 EXIT_CONFIG = 2
 
@@ -49,11 +56,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ntkflow.preflight import PlaceError
+
     args = _parser().parse_args(argv)
     try:
         commands = {"run": cmd_run, "report": cmd_report, "verify": cmd_verify}
         return {**commands, "presets": cmd_presets}[args.command](args)
-    except ConfigError as e:
+    except (ConfigError, PlaceError) as e:
         print(f"ntkflow: {e}", file=sys.stderr)
         return EXIT_CONFIG
 
@@ -76,6 +85,8 @@ def _load(args):
         explicit["networks.enabled"] = False
     if args.keep_stale:
         explicit["compute.keep_stale"] = True
+    if not args.out.strip():
+        raise ConfigError([("--out", "is empty: give a folder or fsspec URL (default runs/)")])
     return load_config(args.preset, args.config, args.sets, **explicit)
 
 
@@ -83,20 +94,29 @@ def cmd_run(args) -> int:
     cfg = _load(args)  # every config error surfaces here, before any work
     # Dask's INFO chatter (worker start/stop, closed comms at shutdown) hides the progress lines.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    from flows.runtime import exit_on_signals
+
+    exit_on_signals()  # from here on, SIGINT/SIGTERM stop the children and exit at once
+    from ntkflow.preflight import PlaceError, check_cluster, check_out
+
+    # Bad places fail here, before any work and before the run folder exists.
+    check_cluster(cfg.compute.cluster, cfg.compute.connect_timeout)
+    check_out(args.out)
+    from prefect import tags
+
     from flows.experiment import experiment
     from flows.runtime import point_workers_at, prefect_api, task_runner
-    from ntkflow.report import versions
     from ntkflow.store import Store
 
     store = Store(args.out).child(cfg.run_id)
-    store.write_text("config.yaml", to_yaml(cfg, provenance=versions()))
     print(f"ntkflow: run {cfg.run_id} → {store.url}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     failed = None
+    preset = args.preset or DEFAULT_PRESET
     with prefect_api() as (api, embedded):
         print(f"ntkflow: Prefect API {api}{' (embedded)' if embedded else ''}", file=sys.stderr)
         if cfg.compute.cluster not in ("local", "cuda"):
-            n = point_workers_at(cfg.compute.cluster, api)
+            n = point_workers_at(cfg.compute.cluster, api, cfg.compute.connect_timeout)
             print(
                 f"ntkflow: {n} worker(s) of {cfg.compute.cluster} report to {api}"
                 + (
@@ -106,15 +126,26 @@ def cmd_run(args) -> int:
                 ),
                 file=sys.stderr,
             )
-        try:
-            experiment.with_options(task_runner=task_runner(cfg))(cfg, store.url)
-        except Exception as e:  # noqa: BLE001 - the summary below says what failed
-            failed = e
+        # Runs of one experiment are found together in the UI: named and tagged by run id,
+        # preset and formulas.
+        run_name = f"{cfg.run_id}-{preset}-{cfg.formulas}"
+        flow = experiment.with_options(task_runner=task_runner(cfg), flow_run_name=run_name)
+        with tags(f"run:{cfg.run_id}", f"preset:{preset}", f"formulas:{cfg.formulas}"):
+            state = flow(cfg, store.url, return_state=True)
+        if not state.is_completed():
+            try:
+                failed = state.result(raise_on_failure=False)
+            except Exception as e:  # noqa: BLE001 - no result stored: the state says why
+                failed = e
+            if isinstance(failed, PlaceError):  # the workers cannot use the store: exit 2
+                raise failed
+            failed = state.message or failed or state.name
     summary = store.read_json("summary.json")
     if summary is None:
-        print(f"ntkflow: the run failed before aggregation: {failed}", file=sys.stderr)
+        why = failed if failed is not None else f"no summary.json in {store.url}"
+        print(f"ntkflow: the run failed before aggregation: {why}", file=sys.stderr)
         return 1
-    _print_summary(summary, store.url, time.monotonic() - t0)
+    _print_summary(summary, store.url, time.monotonic() - t0, None if embedded else api)
     if failed is not None:
         print(f"ntkflow: {failed}", file=sys.stderr)
         return 1
@@ -125,15 +156,20 @@ def _run_folder(run_dir: str):
     """(config, store) of an existing run folder; (None, None) after saying why not."""
     import yaml
 
-    from ntkflow.config import validate
+    from ntkflow.config import validate, yaml_error_text
     from ntkflow.store import Store
 
     store = Store(run_dir)
     if not store.exists("config.yaml"):
         print(f"ntkflow: {run_dir!r} is not a run folder (no config.yaml)", file=sys.stderr)
         return None, None
-    raw = yaml.safe_load(store.read_bytes("config.yaml"))
-    raw.pop("provenance", None)
+    try:
+        raw = yaml.safe_load(store.read_bytes("config.yaml").decode())
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        where = f"{store.url}/config.yaml"
+        raise ConfigError([(where, f"not a readable YAML config ({yaml_error_text(e)})")]) from None
+    if isinstance(raw, dict):
+        raw.pop("provenance", None)
     cfg = validate(raw)
     folder = store.url.rstrip("/").rsplit("/", 1)[-1]
     if folder != cfg.run_id:
@@ -169,13 +205,16 @@ def cmd_report(args) -> int:
     cfg, store = _run_folder(args.run_dir)
     if cfg is None:
         return EXIT_CONFIG
+    before = (store.read_json("summary.json") or {}).get("run", {})
+    info = {"reaggregated": True, "flow_runs": before.get("flow_runs", [])}  # keep the history
     # every trial re-verified (checksums, run id, variant): a bad one is reported as failed
-    summary = aggregate(cfg, store, {"reaggregated": True}, deep=True)
+    summary = aggregate(cfg, store, info, deep=True)
     _print_summary(summary, store.url, None)
     return 1 if summary["failed_trials"] else 0
 
 
-def _print_summary(summary: dict, url: str, seconds: float | None) -> None:
+def _print_summary(summary: dict, url: str, seconds: float | None, api: str | None = None) -> None:
+    """The results table, failures, the run folder; with a real server, the flow run's UI URL."""
     from rich.console import Console
     from rich.table import Table
 
@@ -198,6 +237,9 @@ def _print_summary(summary: dict, url: str, seconds: float | None) -> None:
     took = f" in {seconds:.0f} s" if seconds is not None else ""
     console.print(f"run folder: {url}{took}")
     console.print(f"report: {url}/report.md")
+    flow_runs = summary["run"].get("flow_runs") or []
+    if api and flow_runs and flow_runs[-1].get("url"):
+        console.print(f"Prefect UI: {flow_runs[-1]['url']}", soft_wrap=True)
 
 
 if __name__ == "__main__":

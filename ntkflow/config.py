@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -43,20 +44,43 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: an infinite noise, ridge or learning rate gives NaN or constant
+    # results that would be counted as successful trials; reject them with the field named.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# Sizes beyond what any run can finish are rejected up front with the reason, instead of
+# failing hours later (or allocating a list of 10¹² trials). Raise them here if needed.
+MAX_DEPTH = 64  # ReLU kernels converge to a constant with depth; cost grows linearly
+MAX_TRIALS = 10_000  # trials are listed, scheduled and aggregated one by one in memory
+MAX_N_OBS = 200_000  # a Gram matrix of n_obs² float64 (320 GB at the bound) per kernel
+MAX_D_IN = 100_000
+MAX_WIDTH = 100_000  # a width² weight matrix (40 GB in float32 at the bound)
+MAX_EPOCHS = 10_000_000
+MAX_WORKERS = 4096
+
+
+def _int(default, **bounds):
+    """A strict integer field: YAML ``true`` or ``1.0`` is not silently taken for 1."""
+    return Field(default, strict=True, **bounds)
 
 
 def _check_kernel(name: str, info: ValidationInfo) -> str:
     formulas = (info.context or {}).get("formulas", "exact")
-    parse_kernel_name(name, formulas)  # ValueError names the bad value and the valid forms
+    parsed = parse_kernel_name(name, formulas)  # ValueError names the bad value and valid forms
+    if parsed.depth is not None and not 1 <= parsed.depth <= MAX_DEPTH:
+        raise ValueError(
+            f"kernel {name!r}: depth {parsed.depth} outside 1..{MAX_DEPTH} (deeper ReLU kernels "
+            "converge to a constant and cost grows with depth)"
+        )
     return name
 
 
 class DataConfig(_Strict):
     """SPEC §3: trial data simulated from a GP whose covariance is ``kernel``."""
 
-    d_in: int = Field(15, ge=1)
-    n_obs: int = Field(1000, ge=4)
+    d_in: int = _int(15, ge=1, le=MAX_D_IN)
+    n_obs: int = _int(1000, ge=4, le=MAX_N_OBS)
     test_fraction: float = Field(0.33, gt=0.0, lt=1.0)
     noise_std: float = Field(0.0, ge=0.0)
     kernel: str = "NTKB1"
@@ -73,23 +97,27 @@ class KrrConfig(_Strict):
 class NetworksConfig(_Strict):
     """SPEC §5: wide ReLU networks, one per depth; ``epochs[i]`` belongs to ``depths[i]``."""
 
-    enabled: bool = True
-    depths: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
-    width: int = Field(10_000, ge=1)
+    enabled: bool = Field(True, strict=True)
+    depths: list[StrictInt] = Field(default_factory=lambda: [1, 2], min_length=1)
+    width: int = _int(10_000, ge=1, le=MAX_WIDTH)
     parameterization: Literal["ntkj", "ntkb", "standard"] = "ntkj"
-    epochs: list[int] = Field(default_factory=lambda: [3000, 6000], min_length=1)
-    batch_size: int = Field(8, ge=1)
+    epochs: list[StrictInt] = Field(default_factory=lambda: [3000, 6000], min_length=1)
+    batch_size: int = _int(8, ge=1)
     lr: float = Field(0.002, gt=0.0)
     validation_split: float = Field(0.3, ge=0.0, lt=1.0)
     dtype: Literal["float32", "float64"] = "float32"
-    log_every: int = Field(10, ge=1)
+    log_every: int = _int(10, ge=1)
 
     @field_validator("depths", "epochs")
     @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
+    def _positive(cls, v: list[int], info: ValidationInfo) -> list[int]:
         bad = [x for x in v if x < 1]
         if bad:
             raise ValueError(f"entries must be >= 1, got {bad}")
+        top = MAX_DEPTH if info.field_name == "depths" else MAX_EPOCHS
+        big = [x for x in v if x > top]
+        if big:
+            raise ValueError(f"entries must be <= {top}, got {big}")
         return v
 
     @model_validator(mode="after")
@@ -105,28 +133,46 @@ class ComputeConfig(_Strict):
     """Where the work runs; not part of the run id (it does not change results)."""
 
     cluster: str = "local"
-    gram_block: int = Field(2048, ge=16)
-    n_workers: int | None = Field(None, ge=1)
-    threads_per_worker: int = Field(1, ge=1)
+    gram_block: int = _int(2048, ge=16, le=1 << 20)
+    n_workers: int | None = _int(None, ge=1, le=MAX_WORKERS)
+    threads_per_worker: int = _int(1, ge=1, le=1024)
     memory_budget_gb: float = Field(8.0, gt=0.0)  # largest Gram solved in memory
     # a trial's lease expires this long after its holder's last heartbeat (ntkflow.lease)
     lease_seconds: float = Field(60.0, gt=0.0)
     # reuse items computed by another code version (listed in summary.json) instead of redoing them
-    keep_stale: bool = False
+    keep_stale: bool = Field(False, strict=True)
+    connect_timeout: float = Field(10.0, gt=0.0, le=600.0)  # seconds to reach --cluster ADDRESS
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, v: str) -> str:
+        """local, cuda, or a scheduler address (``tcp://host:port``, ``host:port``)."""
+        if v in ("local", "cuda") or re.fullmatch(
+            r"([a-z][a-z0-9+]*://)?(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):\d+/?", v
+        ):
+            return v
+        hint = (
+            f"; did you mean {v.strip().lower()!r}?"
+            if v.strip().lower() in ("local", "cuda")
+            else ""
+        )
+        raise ValueError(
+            f"{v!r} is neither local, cuda nor a scheduler address like tcp://host:8786{hint}"
+        )
 
 
 class FaultsConfig(_Strict):
     """Fault injection for tests: raise inside these trials (only on the first attempt if
     ``fail_once``). Not part of the run id, so a rerun without faults reuses the run folder."""
 
-    fail_trials: list[int] = Field(default_factory=list)
-    fail_once: bool = False
+    fail_trials: list[StrictInt] = Field(default_factory=list)
+    fail_once: bool = Field(False, strict=True)
 
 
 class Config(_Strict):
     formulas: Literal["exact", "published"] = "exact"
-    trials: int = Field(8, ge=1)
-    seed: int = Field(0, ge=0)
+    trials: int = _int(8, ge=1, le=MAX_TRIALS)
+    seed: int = _int(0, ge=0, lt=2**63)
     data: DataConfig = Field(default_factory=DataConfig)
     kernels: list[str] = Field(default_factory=lambda: list(PAPER_KERNELS), min_length=1)
     krr: KrrConfig = Field(default_factory=KrrConfig)
@@ -297,7 +343,7 @@ def load_config(
     **explicit: Any,
 ) -> Config:
     """preset ← YAML file ← ``--set`` overrides ← explicit keyword values (CLI flags)."""
-    name = preset or DEFAULT_PRESET
+    name = DEFAULT_PRESET if preset is None else preset  # "" is an error, not the default
     if name not in PRESETS:
         raise ConfigError([("preset", f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")])
     raw = copy.deepcopy(PRESETS[name])
@@ -305,8 +351,10 @@ def load_config(
         path = Path(config_file)
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError([("--config", f"cannot read {str(path)!r}: {e}")]) from e
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(
+                [("--config", f"cannot read {str(path)!r}: {yaml_error_text(e)}")]
+            ) from e
         if not isinstance(loaded, dict):
             raise ConfigError([("--config", f"{str(path)!r} must hold a mapping")])
         raw = _merge(raw, loaded)
@@ -322,6 +370,15 @@ def load_config(
         if value is not None:
             raw = _merge(raw, _nest(key, value))
     return validate(raw)
+
+
+def yaml_error_text(e: Exception) -> str:
+    """A YAML (or decoding) error in one line: the problem and where, without the echo."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(e).split())
 
 
 def _nest(dotted: str, value: Any) -> dict[str, Any]:

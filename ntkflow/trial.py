@@ -299,8 +299,12 @@ def net_seed(cfg: Config, k: int, depth: int) -> np.random.SeedSequence:
     return stream(cfg.seed, k, STREAM_NETS).spawn(max(cfg.networks.depths) + 1)[depth]
 
 
-def network_item(cfg: Config, store: Store, k: int, depth: int, device: str = "cpu") -> dict:
-    """Train trial k's network with ``depth`` hidden layers (SPEC §5); record RMSE and curves."""
+def network_item(
+    cfg: Config, store: Store, k: int, depth: int, device: str = "cpu", progress=None
+) -> dict:
+    """Train trial k's network with ``depth`` hidden layers (SPEC §5); record RMSE and curves.
+
+    ``progress(epoch, row)`` is called every ``networks.log_every`` epochs (train_network)."""
     import torch
 
     from ntkflow.nets import build_network
@@ -337,6 +341,7 @@ def network_item(cfg: Config, store: Store, k: int, depth: int, device: str = "c
         lr=n.lr,
         seed=seed,
         log_every=n.log_every,
+        progress=progress,
     )
     base = f"{trial_dir(k)}/nets/{name}"
     store.write_json(f"{base}_curve.json", {k_: v.tolist() for k_, v in res.curve.items()})
@@ -577,9 +582,16 @@ def kernel_part(
 
 
 def network_part(
-    cfg: Config, store: Store, k: int, depth: int, device: str = "cpu", on_wait=None
+    cfg: Config,
+    store: Store,
+    k: int,
+    depth: int,
+    device: str = "cpu",
+    on_wait=None,
+    progress=None,
 ) -> dict:
-    """One network of trial k under its own lease (waits for a live holder elsewhere)."""
+    """One network of trial k under its own lease (waits for a live holder elsewhere);
+    ``progress`` as in :func:`network_item`."""
     name = f"NN{depth}"
 
     def done():
@@ -599,7 +611,7 @@ def network_part(
     if held is None:
         return done()
     with held:
-        return network_item(cfg, store, k, depth, device)
+        return network_item(cfg, store, k, depth, device, progress)
 
 
 def finish_part(cfg: Config, store: Store, k: int, versions: dict) -> str:

@@ -100,6 +100,32 @@ INVALID = [
     ("nonsense=1", "nonsense"),
     ("data.colour=red", "data.colour"),
     ("faults.fail_trials=[99]", "faults.fail_trials"),
+    # non-finite numbers give NaN or constant results counted as successful trials
+    ("data.noise_std=.inf", "data.noise_std"),
+    ("data.noise_std=.nan", "data.noise_std"),
+    ("krr.ridge=.inf", "krr.ridge"),
+    ("networks.lr=.inf", "networks.lr"),
+    ("data.test_fraction=.nan", "data.test_fraction"),
+    ("compute.memory_budget_gb=.inf", "compute.memory_budget_gb"),
+    # strict integers and booleans: YAML true, 1.0 or "1e12" are not silently converted
+    ("trials=true", "trials"),
+    ("trials=1.0", "trials"),
+    ("trials=1e12", "trials"),
+    ("seed=false", "seed"),
+    ("networks.enabled=1", "networks.enabled"),
+    ("networks.depths=[true]", "networks.depths"),
+    ("faults.fail_once=0", "faults.fail_once"),
+    ("faults.fail_trials=[1.0]", "faults.fail_trials"),
+    # bounds: sizes no run can finish are refused up front, with the reason
+    ("trials=1000000000000", "trials"),
+    ("data.n_obs=10000000", "data.n_obs"),
+    ("networks.width=100000000", "networks.width"),
+    ("networks.depths=[1, 1000]", "networks.depths"),
+    ("kernels=[NTKB1000000]", "kernels"),
+    ("data.kernel=GP500", "data.kernel"),
+    ("compute.connect_timeout=0", "compute.connect_timeout"),
+    ("compute.cluster=Local", "compute.cluster"),
+    ("compute.cluster=my scheduler", "compute.cluster"),
 ]
 
 
@@ -109,6 +135,43 @@ def test_invalid_inputs_name_the_field(item, field):
         load_config("smoke", overrides=[item])
     assert any(f == field or f.startswith(field) for f, _ in e.value.errors), e.value.errors
     assert field in str(e.value)
+
+
+def test_valid_edges_still_accepted():
+    cfg = load_config(
+        "smoke",
+        overrides=[
+            "networks.lr=1",  # an int where a float is expected is exact
+            "data.noise_std=0",
+            "kernels=[NTKB64, GP64, K1]",
+            "compute.cluster=tcp://10.0.0.1:8786",
+            "trials=10000",
+        ],
+    )
+    assert cfg.networks.lr == 1.0 and cfg.kernels[0] == "NTKB64" and cfg.trials == 10_000
+    for address in ("127.0.0.1:8786", "tls://sched.example.org:8786", "tcp://[::1]:8786"):
+        assert load_config("smoke", overrides=[f"compute.cluster={address}"])
+
+
+def test_bound_messages_say_why():
+    with pytest.raises(ConfigError, match=r"depth 1000000 outside 1\.\.64 \(deeper ReLU"):
+        load_config("smoke", overrides=["kernels=[NTKB1000000]"])
+    with pytest.raises(ConfigError, match="did you mean 'local'"):
+        load_config("smoke", overrides=["compute.cluster=Local"])
+    with pytest.raises(ConfigError, match="finite"):
+        load_config("smoke", overrides=["networks.lr=.inf"])
+
+
+def test_empty_preset_is_not_the_default():
+    with pytest.raises(ConfigError, match="unknown preset ''"):
+        load_config("")
+
+
+def test_binary_config_file_is_a_config_error(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match="--config"):
+        load_config("smoke", f)
 
 
 def test_published_ntkj3_rejected_but_exact_ok():

@@ -10,11 +10,13 @@ import urllib.request
 
 import pandas as pd
 import pytest
+import yaml
 
 from ntkflow.config import load_config
 from ntkflow.store import Store
 
 pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SMOKE = ["--preset", "smoke", "--set", "compute.n_workers=2"]
 
@@ -51,6 +53,10 @@ def test_smoke_run_fails_one_trial_then_reruns_only_it(tmp_path, run_cli):
     assert (done.stat().st_mtime_ns, done.read_bytes()) == before  # not rewritten
     summary = _summary(run_dir)
     assert summary["failed_trials"] == []
+    # both flow runs that produced the summary are recorded, the failed one first
+    flow_runs = summary["run"]["flow_runs"]
+    assert len(flow_runs) == 2 and flow_runs[0]["id"] != flow_runs[1]["id"]
+    assert all(r["name"].startswith(load_config("smoke").run_id) for r in flow_runs)
     cfg = load_config("smoke")
     for m in cfg.methods:
         assert summary["methods"][m]["n"] == 2, m
@@ -70,12 +76,18 @@ def test_smoke_run_fails_one_trial_then_reruns_only_it(tmp_path, run_cli):
         result = Store(run_dir).read_json(f"trials/{k:03d}/result.json", verify=True)
         assert result["formulas"] == "exact" and result["versions"]["numpy"]
     assert not (run_dir / "trials/001/error.json").exists()
-    assert "commit" in (run_dir / "config.yaml").read_text()
+    provenance = yaml.safe_load((run_dir / "config.yaml").read_text())["provenance"]
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    assert provenance["git_commit"] == (head or None)  # the checkout's commit, or None without git
+    assert provenance["run_id"] == cfg.run_id
 
     # re-aggregation from the store alone gives the same statistics
     again = run_cli("report", str(run_dir))
     assert again.returncode == 0, again.stderr
     assert _summary(run_dir)["methods"] == summary["methods"]
+    assert _summary(run_dir)["run"]["flow_runs"] == flow_runs  # the history survives
 
 
 def test_persistent_failure_keeps_failing(tmp_path, run_cli):
@@ -160,8 +172,12 @@ def test_against_a_real_prefect_server(tmp_path, prefect_home, run_cli):
         names = {t["name"] for t in tasks}
         assert {"trial-000", "trial-001", "aggregate"} <= names
         assert all(t["state_type"] == "COMPLETED" for t in tasks)
-        kinds = {a["type"] for a in post("artifacts/filter", {})}
-        assert {"progress", "table", "markdown"} <= kinds
+        keyed = {a["type"]: a for a in post("artifacts/filter", {}) if a["key"]}
+        assert {"progress", "table", "markdown"} <= set(keyed)
+        assert keyed["progress"]["data"] == 100.0
+        assert keyed["progress"]["description"].startswith("2/2 trials done")
+        (run,) = flows
+        assert f"Prefect UI: http://127.0.0.1:{port}/runs/flow-run/{run['id']}" in res.stdout
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -1,0 +1,268 @@
+"""The ``ntkflow`` command on bad input: one clear error, exit 2, no traceback, no run folder;
+and a clean stop on SIGINT/SIGTERM (no orphaned server or worker)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ntkflow.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+KERNELS_ONLY = ["run", "--preset", "smoke", "--kernels-only"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _usage_error(res, *words):
+    """Exit 2, a short final message naming ``words``, no Python traceback."""
+    err = res.stderr
+    assert res.returncode == 2, res.stdout + err
+    assert "Traceback" not in err + res.stdout, err
+    message = err[err.rindex("ntkflow: ") :]  # the last message (a run logs before it)
+    for w in words:
+        assert w in message, (w, err)
+    assert len(message.strip().splitlines()) <= 4, err
+
+
+def _no_run_folder(out: Path):
+    assert not out.exists() or not any(p.is_dir() for p in out.iterdir()), list(out.iterdir())
+
+
+def test_out_is_a_file(tmp_path, run_cli):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    res = run_cli(*KERNELS_ONLY, "--out", str(f))
+    _usage_error(res, "--out", str(f), "is a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_out_not_writable(tmp_path, run_cli):
+    res = run_cli(*KERNELS_ONLY, "--out", "/proc/ntkflow-test/runs")
+    _usage_error(res, "--out", "/proc/ntkflow-test/runs", "cannot write there")
+    assert not os.path.exists("/proc/ntkflow-test")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_out_read_only_folder(tmp_path, run_cli):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        res = run_cli(*KERNELS_ONLY, "--out", str(ro))
+        _usage_error(res, "--out", "cannot write there")
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o700)
+
+
+def test_unreachable_cluster_fails_fast(tmp_path, run_cli):
+    assert load_config().compute.connect_timeout <= 10  # the default wait is short
+    out = tmp_path / "runs"
+    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    t0 = time.monotonic()
+    res = run_cli(
+        *KERNELS_ONLY,
+        "--cluster",
+        address,
+        "--set",
+        "compute.connect_timeout=2",
+        "--out",
+        str(out),
+    )
+    _usage_error(res, "--cluster", address, "no Dask scheduler answered within 2 s")
+    assert time.monotonic() - t0 < 60  # 2 s of waiting plus the command's start
+    _no_run_folder(out)
+
+
+def test_cuda_cluster_without_gpu_stack(tmp_path, run_cli):
+    from importlib.util import find_spec
+
+    import torch
+
+    if find_spec("dask_cuda") is not None and torch.cuda.device_count() > 0:
+        pytest.skip("dask-cuda and a GPU are present: --cluster cuda is valid here")
+    out = tmp_path / "runs"
+    res = run_cli(*KERNELS_ONLY, "--cluster", "cuda", "--out", str(out))
+    _usage_error(res, "--cluster cuda", "--cluster local")
+    _no_run_folder(out)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--preset", ""], ["preset", "unknown preset ''"]),
+        (["--out", ""], ["--out", "empty"]),
+        (["--out", "  "], ["--out", "empty"]),
+        (["--cluster", "Local"], ["compute.cluster", "did you mean 'local'"]),
+        (["--set", "trials=1e12"], ["trials", "valid integer"]),
+        (["--set", "trials=1000000000000"], ["trials", "less than or equal to"]),
+        (["--set", "trials=true"], ["trials", "valid integer"]),
+        (["--set", "data.noise_std=.inf"], ["data.noise_std", "finite"]),
+        (["--set", "krr.ridge=.inf"], ["krr.ridge", "finite"]),
+        (["--set", "networks.lr=.inf"], ["networks.lr", "finite"]),
+        (["--set", "kernels=[NTKB1000000]"], ["kernels", "depth 1000000 outside 1..64"]),
+    ],
+)
+def test_bad_values_are_usage_errors(tmp_path, run_cli, args, words):
+    out = tmp_path / "runs"
+    res = run_cli("run", "--preset", "smoke", "--out", str(out), *args)
+    _usage_error(res, *words)
+    assert not out.exists()
+
+
+def test_binary_config_file(tmp_path, run_cli):
+    f = tmp_path / "c.yaml"
+    f.write_bytes(bytes(range(256)) * 4)
+    res = run_cli(*KERNELS_ONLY, "--config", str(f), "--out", str(tmp_path / "runs"))
+    _usage_error(res, "--config", str(f))
+
+
+def test_report_on_a_malformed_config_yaml(tmp_path, run_cli):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("trials: [1, 2\nseed: {\n")
+    res = run_cli("report", str(run_dir))
+    _usage_error(res, "config.yaml", "not a readable YAML config")
+    (run_dir / "config.yaml").write_bytes(b"\xff\xfe\x00binary")
+    _usage_error(run_cli("report", str(run_dir)), "config.yaml")
+    (run_dir / "config.yaml").write_text("- just\n- a list\n")
+    _usage_error(run_cli("report", str(run_dir)), "expected a mapping")
+
+
+@pytest.mark.slow
+def test_store_the_workers_cannot_see(run_cli):
+    """memory:// lives inside one process: the worker processes' writes are invisible to the
+    flow, so the run stops before any work with one clear error (not "FAILED: None")."""
+    res = run_cli(*KERNELS_ONLY, "--set", "compute.n_workers=2", "--out", "memory://ntkflow-x")
+    _usage_error(res, "--out memory://", "workers cannot share this store")
+    assert "None" not in res.stderr
+    assert "trial-000" not in res.stdout + res.stderr  # no trial was started
+
+
+# ---- signals ----------------------------------------------------------------------------------
+EPOCHS = 50_000  # minutes per network at width 64: still training when the signal comes
+RUN_SETTINGS = [
+    "compute.n_workers=2",
+    "trials=4",
+    f"networks.epochs=[{EPOCHS}, {EPOCHS}]",
+    "networks.log_every=200",
+]
+
+
+def _progress(lines, tmp_path) -> dict:
+    """The run's progress artifact, read from the embedded API the run printed."""
+    import json
+    import re
+    import urllib.request
+
+    from flows.experiment import _artifact_key
+
+    api = re.search(r"Prefect API (\S+) \(embedded\)", "".join(lines))[1]
+    cfg = load_config("smoke", overrides=RUN_SETTINGS)
+    key = _artifact_key("progress", cfg, str(tmp_path / "runs" / cfg.run_id))
+    req = urllib.request.Request(
+        f"{api}/artifacts/filter",
+        data=json.dumps({"artifacts": {"key": {"any_": [key]}}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    (art,) = json.loads(urllib.request.urlopen(req, timeout=10).read())
+    return art
+
+
+def _wait_for(lines, proc, text, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not any(text in line for line in list(lines)):
+        assert proc.poll() is None, "".join(lines)
+        assert time.monotonic() < deadline, "".join(lines)
+        time.sleep(0.5)
+
+
+def _start_run(tmp_path, prefect_home):
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(prefect_home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    env.pop("PREFECT_API_URL", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "ntkflow.cli",
+        "run",
+        "--preset",
+        "smoke",
+        *(a for item in RUN_SETTINGS for a in ("--set", item)),
+        "--out",
+        str(tmp_path / "runs"),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    return proc, lines, reader
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "signum, to_group",
+    [(signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["SIGTERM-to-process", "SIGINT-to-group"],
+)
+def test_signal_stops_everything(tmp_path, prefect_home, signum, to_group):
+    """A run that is training gets the signal: it exits within seconds, says how to resume,
+    and no process it started (embedded server, Dask nannies and workers) survives."""
+    proc, lines, reader = _start_run(tmp_path, prefect_home)
+    try:
+        _wait_for(lines, proc, " epoch 200/")
+        if signum == signal.SIGTERM:  # meanwhile: progress moves with epochs, not only trials
+            time.sleep(3)
+            before = _progress(lines, tmp_path)
+            _wait_for(lines, proc, " epoch 2000/")
+            deadline = time.monotonic() + 60  # the flow polls; a loaded machine is slow
+            while (after := _progress(lines, tmp_path))["data"] <= before["data"]:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            assert before["description"].startswith("0/4 trials done")
+            assert after["description"].startswith("0/4 trials done")
+            assert 0 < before["data"] < after["data"] < 100, (before["data"], after["data"])
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert len(tree) >= 3  # the server and the workers
+        t0 = time.monotonic()
+        if to_group:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+        rc = proc.wait(timeout=60)
+        took = time.monotonic() - t0
+        reader.join(timeout=10)
+        out = "".join(lines)
+        assert rc == 128 + signum, out[-3000:]
+        assert took < 20, (took, out[-3000:])
+        assert "interrupted; rerun to resume" in out
+        survivors = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert survivors == [], [(p.pid, p.cmdline()) for p in survivors]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
