@@ -54,6 +54,19 @@ def test_out_not_writable(tmp_path, run_cli):
     assert not os.path.exists("/proc/ntkflow-test")
 
 
+def test_out_read_only_store(tmp_path, run_cli):
+    """A store opened read-only (a zip archive through fsspec; read-only even for root)."""
+    import zipfile
+
+    archive = tmp_path / "runs.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("runs/readme.txt", "x")
+    before = archive.read_bytes()
+    res = run_cli(*KERNELS_ONLY, "--out", f"zip://runs::{archive}")
+    _usage_error(res, "--out", "cannot write there")
+    assert archive.read_bytes() == before
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_out_read_only_folder(tmp_path, run_cli):
     ro = tmp_path / "ro"
