@@ -14,7 +14,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
@@ -82,13 +82,24 @@ class NetworksConfig(_Strict):
     validation_split: float = Field(0.3, ge=0.0, lt=1.0)
     dtype: Literal["float32", "float64"] = "float32"
     log_every: int = Field(10, ge=1)
+    # Width sweep (`ntkflow sweep --widths`): one network per (depth, width) instead of `width`.
+    widths: list[int] | None = Field(None, min_length=1)
+    # SPEC §6 lazy-training diagnostics: fit points of the kernel drift / init error subsample.
+    ntk_subsample: int = Field(256, ge=2)
 
-    @field_validator("depths", "epochs")
+    @field_validator("depths", "epochs", "widths")
     @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        bad = [x for x in v if x < 1]
+    def _positive(cls, v: list[int] | None) -> list[int] | None:
+        bad = [x for x in v or [] if x < 1]
         if bad:
             raise ValueError(f"entries must be >= 1, got {bad}")
+        return v
+
+    @field_validator("widths")
+    @classmethod
+    def _distinct(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"entries must be distinct, got {v}")
         return v
 
     @model_validator(mode="after")
@@ -167,8 +178,74 @@ class Config(_Strict):
 
     @property
     def methods(self) -> list[str]:
-        nets = [f"NN{L}" for L in self.networks.depths] if self.networks.enabled else []
-        return nets + list(self.kernels)
+        specs = network_specs(self)
+        nets = [s.name for s in specs]
+        theory = [m for s in specs for m in s.theory_methods(self.networks.parameterization)]
+        return nets + theory + list(self.kernels)
+
+    @property
+    def gram_kernels(self) -> list[str]:
+        """Kernels whose Grams a trial stores: ``kernels`` plus the analytic NTK of each network's
+        family and depth (SPEC §6), computed once per trial and shared by every width. With
+        published formulas the networks' NTKs are not those kernels: the theory evaluates the
+        exact ones itself."""
+        extra = []
+        if self.formulas == "exact":
+            for s in network_specs(self):
+                name = theory_kernel(self.networks.parameterization, s.depth)
+                if name and name not in self.kernels and name not in extra:
+                    extra.append(name)
+        return list(self.kernels) + extra
+
+
+# ---- networks and their linearized theory (SPEC §6) --------------------------------------------
+THEORY_VARIANTS = ("", "-emp", "-inf", "-sgd")  # LIN<L>, LIN<L>-emp, LIN<L>-inf, LIN<L>-sgd
+ANALYTIC_VARIANTS = ("", "-inf")  # need the analytic NTK of the network's family
+FAMILY_OF = {"ntkj": "NTKJ", "ntkb": "NTKB", "standard": None}
+
+
+def theory_kernel(parameterization: str, depth: int) -> str | None:
+    """The analytic NTK of a network (ntkj → NTKJ<L>, ntkb → NTKB<L>; none for "standard")."""
+    family = FAMILY_OF[parameterization]
+    return f"{family}{depth}" if family else None
+
+
+class NetSpec(NamedTuple):
+    """One network of a trial: depth, width, and the method-name tag ("" or "@w<width>")."""
+
+    depth: int
+    width: int
+    tag: str
+
+    @property
+    def name(self) -> str:
+        return f"NN{self.depth}{self.tag}"
+
+    def theory_methods(self, parameterization: str) -> list[str]:
+        analytic = FAMILY_OF[parameterization] is not None
+        return [
+            f"LIN{self.depth}{v}{self.tag}"
+            for v in THEORY_VARIANTS
+            if analytic or v not in ANALYTIC_VARIANTS
+        ]
+
+
+def network_specs(cfg: Config) -> list[NetSpec]:
+    """The trial's networks: one per depth, or per (depth, width) in a sweep (tagged @w<W>)."""
+    n = cfg.networks
+    if not n.enabled:
+        return []
+    if n.widths is None:
+        return [NetSpec(L, n.width, "") for L in n.depths]
+    return [NetSpec(L, w, f"@w{w}") for L in n.depths for w in n.widths]
+
+
+def network_spec(cfg: Config, depth: int, width: int | None = None) -> NetSpec:
+    """The spec of the depth-``depth`` network (of ``width`` in a sweep)."""
+    for s in network_specs(cfg):
+        if s.depth == depth and (width is None or s.width == width):
+            return s
+    raise ValueError(f"no network of depth {depth} and width {width} in this configuration")
 
 
 def test_size(n_obs: int, test_fraction: float) -> int:

@@ -75,7 +75,8 @@ def collect(cfg: Config, store: Store) -> tuple[pd.DataFrame, list[dict]]:
                 rows.append({"trial": k, "method": m, "rmse": float("nan"), "status": "missing"})
                 continue
             flat = {key: v for key, v in item.items() if not isinstance(v, (list, dict))}
-            rows.append({"trial": k, **flat, "method": m, "status": "ok"})
+            # a method can fail alone (a diverged network): its own record says so
+            rows.append({"trial": k, **flat, "method": m, "status": item.get("status", "ok")})
     return pd.DataFrame(rows), failed
 
 
