@@ -22,7 +22,7 @@ from prefect.states import Failed
 
 from ntkflow import compute, report
 from ntkflow import trial as tr
-from ntkflow.config import Config
+from ntkflow.config import Config, network_spec, network_specs
 from ntkflow.store import Store
 
 
@@ -60,16 +60,41 @@ def trial_task(cfg: Config, out: str, k: int, versions: dict) -> dict:
     return {"trial": k, "status": "kernels-done" if cfg.networks.enabled else "ok"}
 
 
-@task(task_run_name="trial-{k:03d}/train/NN{depth}", **RETRY)
-def train_task(cfg: Config, out: str, k: int, depth: int) -> dict:
+def _network_task_name(step: str):
+    """Task run name ``trial-007/<step>/NN1`` (``NN1@w1024`` in a width sweep)."""
+
+    def name() -> str:
+        from prefect.runtime import task_run
+
+        p = task_run.parameters
+        spec = network_spec(p["cfg"], p["depth"], p.get("width"))
+        return f"trial-{p['k']:03d}/{step}/{spec.name}"
+
+    return name
+
+
+@task(task_run_name=_network_task_name("train"), **RETRY)
+def train_task(cfg: Config, out: str, k: int, depth: int, width: int | None = None) -> dict:
     """One network of trial k, on the worker's GPU when it has one (dask-cuda pins cuda:0)."""
     from ntkflow.train import set_torch_threads
 
     store = Store(out)
     set_torch_threads(cfg.compute.threads_per_worker)
     with tr.recording_errors(store, k):
-        item = tr.network_item(cfg, store, k, depth, compute.torch_device())
+        item = tr.network_item(cfg, store, k, depth, compute.torch_device(), width)
     return {"trial": k, "method": item["method"], "rmse": item["rmse"]}
+
+
+@task(task_run_name=_network_task_name("theory"), **RETRY)
+def theory_task(cfg: Config, out: str, k: int, depth: int, width: int | None = None) -> dict:
+    """The linearized predictors and their agreement with the trained network (SPEC §6)."""
+    from ntkflow.train import set_torch_threads
+
+    store = Store(out)
+    set_torch_threads(cfg.compute.threads_per_worker)
+    with tr.recording_errors(store, k):
+        items = tr.theory_item(cfg, store, k, depth, width)
+    return {"trial": k, "methods": {i["method"]: i["rmse"] for i in items}}
 
 
 @task(task_run_name="trial-{k:03d}/result")
@@ -123,9 +148,14 @@ def experiment(cfg: Config, out: str) -> dict:
         fut = trial_task.submit(cfg, out, k, versions)
         if cfg.networks.enabled:
             with dask.annotate(**_gpu_annotation()):
-                nets = [
-                    train_task.submit(cfg, out, k, L, wait_for=[fut]) for L in cfg.networks.depths
-                ]
+                trained = {
+                    s: train_task.submit(cfg, out, k, s.depth, s.width, wait_for=[fut])
+                    for s in network_specs(cfg)  # one per depth, or per (depth, width)
+                }
+            nets = [
+                theory_task.submit(cfg, out, k, s.depth, s.width, wait_for=[f])
+                for s, f in trained.items()
+            ]
             fut = finish_task.submit(cfg, out, k, versions, wait_for=nets)
         last[fut] = k
 
