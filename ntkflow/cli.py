@@ -35,16 +35,40 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=None, help="worker processes (local/cuda)")
     r.add_argument("--formulas", choices=["exact", "published"], default=None)
     r.add_argument("--kernels-only", action="store_true", help="skip the networks")
+    sw = sub.add_parser(
+        "sweep",
+        parents=[r],
+        add_help=False,
+        help="run the same trials with networks of several widths (data and Grams shared)",
+    )
+    sw.add_argument(
+        "--widths",
+        required=True,
+        type=_int_list,
+        metavar="W1,W2,...",
+        help="hidden-layer widths, e.g. 256,1024,4096 (config key networks.widths)",
+    )
     rep = sub.add_parser("report", help="re-aggregate an existing run folder")
     rep.add_argument("run_dir")
     sub.add_parser("presets", help="list presets with their resolved values")
     return p
 
 
+def _int_list(text: str) -> list[int]:
+    """``256,1024,4096`` → [256, 1024, 4096] (range checks are the config's)."""
+    try:
+        return [int(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "report": cmd_report, "presets": cmd_presets}[args.command](args)
+        cmd = {"run": cmd_run, "sweep": cmd_run, "report": cmd_report, "presets": cmd_presets}
+        return cmd[args.command](args)
     except ConfigError as e:
         print(f"ntkflow: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -63,6 +87,7 @@ def _load(args):
         "formulas": args.formulas,
         "compute.cluster": args.cluster,
         "compute.n_workers": args.workers,
+        "networks.widths": getattr(args, "widths", None),  # ntkflow sweep
     }
     if args.kernels_only:
         explicit["networks.enabled"] = False

@@ -127,6 +127,16 @@ class FaultsConfig(_Strict):
 
     fail_trials: list[int] = Field(default_factory=list)
     fail_once: bool = False
+    # one network of one trial, "K/NAME" (e.g. "1/NN1@w64"): raise inside its training only
+    fail_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("fail_networks")
+    @classmethod
+    def _network_refs(cls, v: list[str]) -> list[str]:
+        bad = [r for r in v if not re.fullmatch(r"\d+/NN\d+(@w\d+)?", r)]
+        if bad:
+            raise ValueError(f"expected entries like '1/NN1' or '1/NN1@w64', got {bad}")
+        return v
 
 
 class Config(_Strict):
@@ -157,6 +167,11 @@ class Config(_Strict):
             raise ValueError(
                 f"data.n_obs: {self.data.n_obs} rows with test_fraction "
                 f"{self.data.test_fraction} leave fewer than 2 training rows"
+            )
+        if self.networks.widths is not None and not self.networks.enabled:
+            raise ValueError(
+                f"networks.widths: a width sweep ({self.networks.widths}) trains networks, "
+                "but networks.enabled is false"
             )
         bad = [k for k in self.faults.fail_trials if not 0 <= k < self.trials]
         if bad:

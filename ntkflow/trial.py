@@ -67,6 +67,17 @@ def inject_fault(cfg: Config, store: Store, k: int) -> None:
     raise InjectedFault(f"injected fault in trial {k} (faults.fail_trials)")
 
 
+def inject_network_fault(cfg: Config, store: Store, k: int, name: str) -> None:
+    """``faults.fail_networks``: fail one network of one trial (tests of rerun-failed-only)."""
+    if f"{k}/{name}" not in cfg.faults.fail_networks:
+        return
+    marker = f"{trial_dir(k)}/fault-injected-{name}"
+    if cfg.faults.fail_once and store.exists(marker):
+        return
+    store.write_text(marker, "1")
+    raise InjectedFault(f"injected fault in trial {k}, network {name} (faults.fail_networks)")
+
+
 # ---- data -------------------------------------------------------------------------------------
 DATA_ARRAYS = ("x", "y", "train", "test", "fit")
 
@@ -202,6 +213,7 @@ def network_item(
     done = store.read_json(rel, verify=True)
     if done is not None:
         return done
+    inject_network_fault(cfg, store, k, name)
     n = cfg.networks
     d = load_data(store, k)
     val = d.val
