@@ -100,7 +100,7 @@ def aggregate(cfg: Config, store: Store, run_info: dict | None = None) -> dict:
         **stats.summarize(df, cfg.methods),
         "failed_trials": [f["trial"] for f in failed],
         "failures": failed,
-        **theory_sections(cfg, df),
+        **theory_sections(cfg, df, [f["trial"] for f in failed]),
     }
     store.write_json("summary.json", summary, sort_keys=False)
     store.write_bytes("boxplot.png", boxplot_png(df, cfg.methods, cfg.formulas))
@@ -206,11 +206,11 @@ def _same_depth(a: str, b: str) -> bool:
 
 
 # ---- linearized theory (SPEC §6) ----------------------------------------------------------------
-def theory_sections(cfg: Config, df: pd.DataFrame) -> dict:
+def theory_sections(cfg: Config, df: pd.DataFrame, failed_trials: list[int]) -> dict:
     """summary.json's ``theory`` (per network), ``sweep`` (slopes against width) and ``missing``
-    (the trials each method lacks) sections."""
+    (the trials each method lacks besides the failed trials) sections."""
     specs = network_specs(cfg)
-    out: dict = {"missing": stats.missing_trials(df, cfg.methods)}
+    out: dict = {"missing": stats.missing_trials(df, cfg.methods, failed_trials)}
     if specs and len(df):
         p = cfg.networks.parameterization
         out["theory"] = stats.theory_summary(df, specs, p)
@@ -293,7 +293,7 @@ def theory_markdown(summary: dict) -> list[str]:
         lines += ["", "![gap vs width](sweep.png)", ""]
     missing = summary.get("missing")
     if missing:
-        lines += ["## Trials each method lacks", ""]
+        lines += ["## Trials each method lacks (besides failed trials)", ""]
         for m, rows in missing.items():
             why = "; ".join(
                 f"{r['trial']} ({r['status']}{': ' + r['error'] if r.get('error') else ''})"

@@ -80,11 +80,14 @@ def _mean_se(values) -> dict[str, float]:
     return {"n": len(v), "mean": float(v.mean()), "se": float(v.std(ddof=0) / np.sqrt(len(v)))}
 
 
-def missing_trials(df: pd.DataFrame, methods: list[str]) -> dict[str, list[dict]]:
-    """Per method that lacks some trial: which trials, and why (failed trial or failed method)."""
+def missing_trials(
+    df: pd.DataFrame, methods: list[str], failed_trials: list[int] = ()
+) -> dict[str, list[dict]]:
+    """Per method that lacks some trial beyond the failed trials (listed once elsewhere): which
+    trials, and why (e.g. its network diverged)."""
     out = {}
     for m in methods:
-        bad = df[(df.method == m) & (df.status != "ok")]
+        bad = df[(df.method == m) & (df.status != "ok") & ~df.trial.isin(list(failed_trials))]
         if len(bad):
             err = bad["error"] if "error" in bad else pd.Series([None] * len(bad), index=bad.index)
             out[m] = [
