@@ -97,7 +97,11 @@ def main() -> None:
                 else "–"
             )
             last = r["nn_vs_lin_rmse_rel"][-1]
-            print(f"{base} | {gaps} | {slope} | {last.get('mean', float('nan')):+.3f}")
+            refs = ", ".join(f"{g:.4f}" for g in r.get("vs_reference_mean", []))
+            print(
+                f"{base} | {gaps} | {slope} | {last.get('mean', float('nan')):+.3f} | "
+                f"vs reference: {refs or '–'}"
+            )
     path = ROOT / "benchmarks" / "results" / "theory_sweep.json"
     slim = {
         k: {key: v[key] for key in ("command", "seconds", "folder", "sweep", "theory")}

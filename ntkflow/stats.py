@@ -124,11 +124,14 @@ def theory_summary(df: pd.DataFrame, specs, parameterization: str) -> dict:
             both = lin.index.intersection(nn.index)
             gap = lin.loc[both, "rmse_vs_network"] if "rmse_vs_network" in lin else []
             rel = lin.loc[both, "rel_rmse_vs_network"] if "rel_rmse_vs_network" in lin else []
+            ref = lin["rmse_vs_reference"] if "rmse_vs_reference" in lin else []
             entry["predictors"][m] = {
                 "trials": [int(k) for k in both],
                 "rmse": _mean_se(lin.loc[both, "rmse"]),
                 "gap": _mean_se(gap),
                 "rel_gap": _mean_se(rel),
+                # RMSE to the predictor differing in one respect (-emp: LIN, -sgd: -emp, -inf: LIN)
+                "vs_reference": _mean_se(ref),
                 "nn_minus_lin": paired_difference(nn.loc[both, "rmse"], lin.loc[both, "rmse"]),
             }
         for key in THEORY_DIAGNOSTICS:
@@ -162,9 +165,11 @@ def width_slopes(df: pd.DataFrame, specs, parameterization: str, level: float = 
         logw = np.log(widths)
         res = {}
         for base in (m.split("@")[0] for m in group[0].theory_methods(parameterization)):
-            gaps, rel_rmse = {}, []
+            gaps, rel_rmse, ref = {}, [], []
             for s in group:
                 lin = ok[ok.method == f"{base}{s.tag}"].set_index("trial")
+                if "rmse_vs_reference" in lin:
+                    ref.append(_mean_se(lin["rmse_vs_reference"]).get("mean", float("nan")))
                 nn = ok[ok.method == s.name].set_index("trial")
                 both = lin.index.intersection(nn.index)
                 gaps[s.width] = pd.to_numeric(lin.loc[both, "rmse_vs_network"], errors="coerce")
@@ -182,6 +187,7 @@ def width_slopes(df: pd.DataFrame, specs, parameterization: str, level: float = 
                 "gap_mean": means,
                 "gap_se": [_mean_se(gaps[w]).get("se", float("nan")) for w in widths],
                 "nn_vs_lin_rmse_rel": rel_rmse,
+                "vs_reference_mean": ref,
                 "trials": [int(k) for k in table.index],
                 "slope_of_means": float(np.polyfit(logw[fin], np.log(np.asarray(means)[fin]), 1)[0])
                 if fin.sum() >= 2

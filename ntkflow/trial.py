@@ -448,6 +448,10 @@ def theory_item(
     base = f"{trial_dir(k)}/nets/LIN{depth}{spec.tag}.npz"
     _write_npz(store, base, **{f"pred_test{v}": p for v, p in preds.items()})
     seconds = time.perf_counter() - t_start
+    # SPEC §6 separates three effects: finite width (-emp vs LIN), SGD steps vs gradient flow
+    # (-sgd vs -emp), and the time limit (-inf vs LIN); each record holds its own against the
+    # predictor it differs from in one respect.
+    reference = {"-emp": "", "-sgd": "-emp", "-inf": ""}
     records = []
     for v in THEORY_VARIANTS:
         m = f"LIN{depth}{v}{spec.tag}"
@@ -467,9 +471,15 @@ def theory_item(
                 "rmse": krr.rmse(preds[v], y_test),
                 "rmse_vs_network": gap,
                 "rel_rmse_vs_network": gap / nn["rmse"] if gap is not None else None,
+                "reference": None,
+                "rmse_vs_reference": None,
                 "predictions": base,
                 "seconds_theory": seconds,
             }
+            ref = reference.get(v)
+            if ref is not None and ref in preds:
+                rec["reference"] = f"LIN{depth}{ref}{spec.tag}"
+                rec["rmse_vs_reference"] = krr.rmse(preds[v], preds[ref])
         store.write_json(rels[m], rec, checksum=True)
         records.append(rec)
     return records

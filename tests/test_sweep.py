@@ -32,6 +32,10 @@ def test_theory_items_and_summary_section():
             # a few tiny SGD steps: every finite-t predictor stays near the network
             assert lin["rel_rmse_vs_network"] < 0.1
         assert methods[f"LIN{L}-inf"]["t"] == math.inf
+        # each effect of SPEC §6 against the predictor differing in that respect only
+        assert methods[f"LIN{L}-emp"]["reference"] == f"LIN{L}"
+        assert methods[f"LIN{L}-sgd"]["reference"] == f"LIN{L}-emp"
+        assert methods[f"LIN{L}-sgd"]["rmse_vs_reference"] > 0
         assert methods[f"LIN{L}"]["ntk"] == f"NTKJ{L}"  # the ntkj network's own family
     # the analytic NTKs are Grams of the trial, stored once next to the run's kernels
     assert set(store.listdir("trials/000/gram")) == {f"{g}.zarr" for g in cfg.gram_kernels}
