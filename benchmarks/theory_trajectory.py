@@ -6,7 +6,7 @@ at (η, E) and at (η/4, 4E) — the same t — and we report: the RMSE between 
 predictions relative to their test RMSE (target < 10%), and for each run the gap to its own
 linearized SGD replay (LIN-sgd replays both: same batches, same order) and to gradient flow.
 
-    PYTHONPATH=$PWD python benchmarks/theory_trajectory.py [--width 1024] [--trials 2]
+    PYTHONPATH=$PWD python benchmarks/theory_trajectory.py [--width 1024] [--width2 W] [--trials 2]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ntkflow.train import set_torch_threads
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--width2", type=int, default=None, help="width of NN2 (default --width)")
     ap.add_argument("--trials", type=int, default=2)
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--depths", default="1,2")
@@ -37,41 +38,45 @@ def main() -> None:
     depths = [int(d) for d in args.depths.split(",")]
     base_epochs = {1: 300, 2: 600}  # t = 1.5, 3 at lr 0.02, batch 8
     scale = 0.02 / args.lr
-    runs = {}
+    widths = {1: args.width, 2: args.width2 or args.width}
+    runs = {}  # (label, depth) → (store, seconds); one store per depth: widths may differ
     for label, lr, mult in (("eta", args.lr, 1), ("eta/4", args.lr / 4, 4)):
-        epochs = [round(base_epochs[d] * scale) * mult for d in depths]
-        cfg = load_config(
-            "quick",
-            overrides=[
-                f"trials={args.trials}",
-                "kernels=[NTKJ1]",
-                f"networks.width={args.width}",
-                f"networks.lr={lr}",
-                f"networks.depths={depths}",
-                f"networks.epochs={epochs}",
-            ],
-        )
-        store = Store(f"{args.out}/{label.replace('/', '_')}")
-        t0 = time.perf_counter()
-        for k in range(args.trials):
-            trial.run_trial(cfg, store, k)
-        runs[label] = (cfg, store, time.perf_counter() - t0)
+        for depth in depths:
+            cfg = load_config(
+                "quick",
+                overrides=[
+                    f"trials={args.trials}",
+                    "kernels=[NTKJ1]",
+                    f"networks.width={widths[depth]}",
+                    f"networks.lr={lr}",
+                    f"networks.depths=[{depth}]",
+                    f"networks.epochs=[{round(base_epochs[depth] * scale) * mult}]",
+                ],
+            )
+            store = Store(f"{args.out}/{label.replace('/', '_')}-NN{depth}")
+            t0 = time.perf_counter()
+            for k in range(args.trials):
+                trial.run_trial(cfg, store, k)
+            runs[label, depth] = (store, time.perf_counter() - t0)
 
     rows = []
     for k in range(args.trials):
         for depth in depths:
             preds, rec = {}, {}
-            for label, (_cfg, store, _) in runs.items():
+            for label in ("eta", "eta/4"):
+                store = runs[label, depth][0]
                 res = trial.load_result(store, k)["methods"]
                 rec[label] = res
                 with np.load(io.BytesIO(store.read_bytes(res[f"NN{depth}"]["predictions"]))) as z:
                     preds[label] = z["pred_test"]
-            y = trial.load_data(runs["eta"][1], k).y[trial.load_data(runs["eta"][1], k).test]
+            d = trial.load_data(runs["eta", depth][0], k)
+            y = d.y[d.test]
             rmse = {lab: krr.rmse(p, y) for lab, p in preds.items()}
             diff = krr.rmse(preds["eta"], preds["eta/4"])
             row = {
                 "trial": k,
                 "depth": depth,
+                "width": widths[depth],
                 "t": rec["eta"][f"NN{depth}"]["linearized_time"],
                 "rmse_eta": rmse["eta"],
                 "rmse_eta4": rmse["eta/4"],
@@ -92,12 +97,12 @@ def main() -> None:
     worst = max(r["pred_diff_rel"] for r in rows)
     print(f"largest relative prediction difference: {worst:.3f} (target < 0.10)")
     out = {
-        "width": args.width,
+        "widths": widths,
         "trials": args.trials,
         "lr": args.lr,
         "rows": rows,
         "max_pred_diff_rel": worst,
-        "seconds": {lab: r[2] for lab, r in runs.items()},
+        "seconds": {f"{lab} NN{d}": r[1] for (lab, d), r in runs.items()},
     }
     path = Path(__file__).parent / "results" / "theory_trajectory.json"
     path.write_text(json.dumps(out, indent=1))
