@@ -6,6 +6,8 @@ Layout under ``trials/<kkk>/`` (ARCHITECTURE.md "Store layout"):
     gram/<KERNEL>.zarr   train_train, test_train
     items/<METHOD>.json  one verified record per method (rmse + diagnostics), written atomically
     nets/<NN>.npz        f₀ and final predictions; nets/<NN>_curve.json the training curve
+    nets/<NN>_ntk0.npz   the initial network's empirical NTK Θ̂₀(fit ⊕ test, fit) and f₀
+    nets/LIN<L>.npz      the linearized predictions (SPEC §6) of that network, per variant
     result.json          all items of the trial; written last, so its presence = trial complete
     error.json           the last failure's message (removed when the trial completes)
 
