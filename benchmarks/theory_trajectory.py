@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--depths", default="1,2")
     ap.add_argument("--out", default="/tmp/ntkflow-theory-trajectory")
     args = ap.parse_args()
-    set_torch_threads(2)
+    set_torch_threads(1)  # shared 2-core machine: one thread per process
     depths = [int(d) for d in args.depths.split(",")]
     base_epochs = {1: 300, 2: 600}  # t = 1.5, 3 at lr 0.02, batch 8
     scale = 0.02 / args.lr
@@ -105,6 +105,13 @@ def main() -> None:
         "seconds": {f"{lab} NN{d}": r[1] for (lab, d), r in runs.items()},
     }
     path = Path(__file__).parent / "results" / "theory_trajectory.json"
+    if path.exists():  # depths run separately: keep the other depths' rows
+        old = json.loads(path.read_text())
+        keep = [r for r in old["rows"] if r["depth"] not in depths]
+        out["rows"] = keep + rows
+        out["max_pred_diff_rel"] = max(r["pred_diff_rel"] for r in out["rows"])
+        out["widths"] = {**old.get("widths", {}), **out["widths"]}
+        out["seconds"] = {**old.get("seconds", {}), **out["seconds"]}
     path.write_text(json.dumps(out, indent=1))
     print(f"wrote {path}")
 
