@@ -97,7 +97,7 @@ def main() -> None:
     worst = max(r["pred_diff_rel"] for r in rows)
     print(f"largest relative prediction difference: {worst:.3f} (target < 0.10)")
     out = {
-        "widths": widths,
+        "widths": {str(d): widths[d] for d in depths},
         "trials": args.trials,
         "lr": args.lr,
         "rows": rows,
