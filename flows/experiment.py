@@ -28,7 +28,7 @@ from prefect.states import Failed
 from flows import runtime
 from ntkflow import compute, preflight, report
 from ntkflow import trial as tr
-from ntkflow.config import Config, to_yaml
+from ntkflow.config import Config, network_spec, network_specs, to_yaml
 from ntkflow.store import Store
 
 
@@ -93,8 +93,28 @@ def trial_task(cfg: Config, out: str, k: int, versions: dict) -> dict:
     return {"trial": k, "status": status}
 
 
-@task(task_run_name="trial-{k:03d}/train/NN{depth}", **RETRY)
-def train_task(cfg: Config, out: str, k: int, depth: int, upstream_error: str | None = None):
+def _network_task_name(step: str):
+    """Task run name ``trial-007/<step>/NN1`` (``NN1@w1024`` in a width sweep)."""
+
+    def name() -> str:
+        from prefect.runtime import task_run
+
+        p = task_run.parameters
+        spec = network_spec(p["cfg"], p["depth"], p.get("width"))
+        return f"trial-{p['k']:03d}/{step}/{spec.name}"
+
+    return name
+
+
+@task(task_run_name=_network_task_name("train"), **RETRY)
+def train_task(
+    cfg: Config,
+    out: str,
+    k: int,
+    depth: int,
+    width: int | None = None,
+    upstream_error: str | None = None,
+):
     """One network of trial k, on the worker's GPU when it has one (dask-cuda pins cuda:0)."""
     if upstream_error is not None:
         return _upstream_failed(upstream_error)
@@ -102,6 +122,7 @@ def train_task(cfg: Config, out: str, k: int, depth: int, upstream_error: str | 
 
     store = Store(out)
     set_torch_threads(cfg.compute.threads_per_worker)
+    spec = network_spec(cfg, depth, width)
     epochs = cfg.networks.epochs[cfg.networks.depths.index(depth)]
     with _logged_errors(store, k):
         item = tr.network_part(
@@ -111,9 +132,31 @@ def train_task(cfg: Config, out: str, k: int, depth: int, upstream_error: str | 
             depth,
             compute.torch_device(),
             on_wait=get_run_logger().info,
-            progress=_epoch_logger(k, depth, epochs),
+            progress=_epoch_logger(k, spec.name, epochs),
+            width=width,
         )
     return {"trial": k, "method": item["method"], "rmse": item["rmse"]}
+
+
+@task(task_run_name=_network_task_name("theory"), **RETRY)
+def theory_task(
+    cfg: Config,
+    out: str,
+    k: int,
+    depth: int,
+    width: int | None = None,
+    upstream_error: str | None = None,
+):
+    """The linearized predictors and their agreement with the trained network (SPEC §6)."""
+    if upstream_error is not None:
+        return _upstream_failed(upstream_error)
+    from ntkflow.train import set_torch_threads
+
+    store = Store(out)
+    set_torch_threads(cfg.compute.threads_per_worker)
+    with _logged_errors(store, k):
+        items = tr.theory_item(cfg, store, k, depth, width)
+    return {"trial": k, "methods": {i["method"]: i["rmse"] for i in items}}
 
 
 @task(task_run_name="trial-{k:03d}/result", **RETRY)
@@ -133,15 +176,15 @@ def aggregate_task(cfg: Config, out: str, run_info: dict) -> dict:
 PROGRESS_TOPIC = "ntkflow-progress"
 
 
-def _epoch_logger(k: int, depth: int, epochs: int):
+def _epoch_logger(k: int, name: str, epochs: int):
     """Training callback: log the losses and publish the epoch to the flow (Dask event)."""
     log = get_run_logger()
 
     def on_epoch(epoch: int, row: dict) -> None:
         log.info(
-            "trial-%03d NN%d epoch %d/%d: train loss %.4g, val loss %.4g",
+            "trial-%03d %s epoch %d/%d: train loss %.4g, val loss %.4g",
             k,
-            depth,
+            name,
             epoch,
             epochs,
             row["train_loss"],
@@ -150,7 +193,7 @@ def _epoch_logger(k: int, depth: int, epochs: int):
         try:
             from distributed import get_worker
 
-            get_worker().log_event(PROGRESS_TOPIC, {"trial": k, "depth": depth, "epoch": epoch})
+            get_worker().log_event(PROGRESS_TOPIC, {"trial": k, "net": name, "epoch": epoch})
         except ValueError:  # not on a Dask worker
             pass
 
@@ -247,7 +290,7 @@ class _Progress:
     def __init__(self, cfg: Config, out: str, reused: int, log):
         self.cfg, self.log, self.total = cfg, log, cfg.trials
         self.ok, self.failed, self.kernels_done = reused, [], set()
-        self.epochs: dict[tuple[int, int], int] = {}
+        self.epochs: dict[tuple[int, str], int] = {}  # (trial, network) -> last epoch
         self.start = time.monotonic()
         self.todo = cfg.trials - reused
         self.id = create_progress_artifact(
@@ -263,7 +306,10 @@ class _Progress:
         if not n.enabled:
             return 0.0
         parts = [1.0 if k in self.kernels_done else 0.0]
-        parts += [self.epochs.get((k, L), 0) / E for L, E in zip(n.depths, n.epochs, strict=True)]
+        parts += [
+            self.epochs.get((k, s.name), 0) / n.epochs[n.depths.index(s.depth)]
+            for s in network_specs(self.cfg)
+        ]
         return sum(parts) / len(parts)
 
     def value(self, running=()) -> float:
@@ -283,7 +329,7 @@ class _Progress:
 
     def _on_epoch(self, event) -> None:
         msg = event[1]
-        key = (msg["trial"], msg["depth"])
+        key = (msg["trial"], msg["net"])
         self.epochs[key] = max(self.epochs.get(key, 0), msg["epoch"])
 
     def trial_ended(self, k: int, ok: bool, error: str | None = None) -> None:
@@ -330,53 +376,68 @@ def _is_done(fut) -> bool:
 
 
 def _run_trials(cfg: Config, out: str, store: Store, todo: list[int], versions: dict, progress):
-    """Submit each trial's steps as the previous one ends; a step after a failed one still runs
-    as a task that ends at once in a Failed state naming the failure (nothing stays Pending)."""
+    """Submit each trial's steps as the previous one ends (kernels → each network's training →
+    its theory → the result); a step after a failed one still runs as a task that ends at once
+    in a Failed state naming the failure (nothing stays Pending)."""
     import dask
 
-    n = cfg.networks
-    pending: dict = {}  # future -> (trial, step)
-    nets: dict[int, list] = {}  # trial -> one error (or None) per finished network
-    upstream: dict[int, str] = {}  # trial -> its failed kernel step, which its networks skipped
+    specs = network_specs(cfg)  # one network per depth, or per (depth, width) in a sweep
+    pending: dict = {}  # future -> (trial, step, network spec or None)
+    nets: dict[int, list] = {}  # trial -> one error (or None) per network whose theory ended
 
-    def submit_nets(k: int, error: str | None) -> None:
-        with dask.annotate(**_gpu_annotation()):
-            for L in n.depths:
-                pending[train_task.submit(cfg, out, k, L, error)] = (k, L)
-        nets[k] = []
-        if error is not None:
-            upstream[k] = error
+    def failed(k: int, name: str, state) -> str:
+        return f"{name} failed ({_failure(store, k, state)})"
+
+    def submit(k: int, step: str, spec, error: str | None) -> None:
+        if step == "train":
+            with dask.annotate(**_gpu_annotation()):
+                fut = train_task.submit(cfg, out, k, spec.depth, spec.width, error)
+        elif step == "theory":
+            fut = theory_task.submit(cfg, out, k, spec.depth, spec.width, error)
+        else:
+            fut = finish_task.submit(cfg, out, k, versions, error)
+        pending[fut] = (k, step, spec)
 
     progress.follow_epochs()
     for k in todo:
-        pending[trial_task.submit(cfg, out, k, versions)] = (k, "trial")
+        pending[trial_task.submit(cfg, out, k, versions)] = (k, "trial", None)
     while pending:
         ended = [f for f in pending if _is_done(f)]
         for fut in ended:
-            k, step = pending.pop(fut)
+            k, step, spec = pending.pop(fut)
             state = _final_state(fut)
             ok = state is not None and state.is_completed()
-            if step == "trial":
+            if step == "trial" and specs:
                 if ok:
                     progress.kernels_done.add(k)
-                if n.enabled:
-                    submit_nets(
-                        k, None if ok else f"trial-{k:03d} failed ({_failure(store, k, state)})"
-                    )
-                    continue
-            elif step != "result":  # a network: the result step follows both networks
-                step_name = f"trial-{k:03d}/train/NN{step}"
-                nets[k].append(None if ok else f"{step_name} failed ({_failure(store, k, state)})")
-                if len(nets[k]) == len(n.depths):
-                    errors = [upstream[k]] if k in upstream else [e for e in nets[k] if e]
-                    first = errors[0] if errors else None
-                    pending[finish_task.submit(cfg, out, k, versions, first)] = (k, "result")
+                error = None if ok else failed(k, f"trial-{k:03d}", state)
+                nets[k] = []
+                for s in specs:
+                    submit(k, "train", s, error)
+                continue
+            if step == "train":  # its theory follows, or ends at once naming the failure
+                name = f"trial-{k:03d}/train/{spec.name}"
+                submit(k, "theory", spec, None if ok else _upstream_error(state, name, failed, k))
+                continue
+            if step == "theory":  # the result step follows every network's theory
+                name = f"trial-{k:03d}/theory/{spec.name}"
+                nets[k].append(None if ok else _upstream_error(state, name, failed, k))
+                if len(nets[k]) == len(specs):
+                    submit(k, "result", None, next((e for e in nets[k] if e), None))
                 continue
             done = tr.load_result(store, k) is not None  # the store, not the future, is the truth
             progress.trial_ended(k, done, None if done else _failure(store, k, state))
-        progress.update(running={k for k, _ in pending.values()})
+        progress.update(running={k for k, _, _ in pending.values()})
         if not ended:
             time.sleep(0.5)
+
+
+def _upstream_error(state, name: str, failed, k: int) -> str:
+    """What a later step names as its cause: an upstream step's own UpstreamFailed message is
+    passed on as it is (the first failure), any other failure is named here."""
+    if state is not None and state.name == "UpstreamFailed" and state.message:
+        return state.message.removeprefix("not run: ")
+    return failed(k, name, state)
 
 
 @flow(name="experiment", log_prints=True)

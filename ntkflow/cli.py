@@ -47,6 +47,19 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="reuse items computed by another code version (listed in summary.json)",
     )
+    sw = sub.add_parser(
+        "sweep",
+        parents=[r],
+        add_help=False,
+        help="run the same trials with networks of several widths (data and Grams shared)",
+    )
+    sw.add_argument(
+        "--widths",
+        required=True,
+        type=_int_list,
+        metavar="W1,W2,...",
+        help="hidden-layer widths, e.g. 256,1024,4096 (config key networks.widths)",
+    )
     rep = sub.add_parser("report", help="re-aggregate an existing run folder")
     rep.add_argument("run_dir")
     ver = sub.add_parser("verify", help="re-verify every trial's checksums, run id and variant")
@@ -55,12 +68,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _int_list(text: str) -> list[int]:
+    """``256,1024,4096`` → [256, 1024, 4096] (range checks are the config's)."""
+    try:
+        return [int(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     from ntkflow.preflight import PlaceError
 
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": cmd_run, "report": cmd_report, "verify": cmd_verify}
+        commands = {"run": cmd_run, "sweep": cmd_run, "report": cmd_report, "verify": cmd_verify}
         return {**commands, "presets": cmd_presets}[args.command](args)
     except (ConfigError, PlaceError) as e:
         print(f"ntkflow: {e}", file=sys.stderr)
@@ -80,6 +103,7 @@ def _load(args):
         "formulas": args.formulas,
         "compute.cluster": args.cluster,
         "compute.n_workers": args.workers,
+        "networks.widths": getattr(args, "widths", None),  # ntkflow sweep
     }
     if args.kernels_only:
         explicit["networks.enabled"] = False

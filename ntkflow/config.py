@@ -14,7 +14,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
@@ -107,17 +107,28 @@ class NetworksConfig(_Strict):
     validation_split: float = Field(0.3, ge=0.0, lt=1.0)
     dtype: Literal["float32", "float64"] = "float32"
     log_every: int = _int(10, ge=1)
+    # Width sweep (`ntkflow sweep --widths`): one network per (depth, width) instead of `width`.
+    widths: list[StrictInt] | None = Field(None, min_length=1)
+    # SPEC §6 lazy-training diagnostics: fit points of the kernel drift / init error subsample.
+    ntk_subsample: int = _int(256, ge=2, le=MAX_N_OBS)
 
-    @field_validator("depths", "epochs")
+    @field_validator("depths", "epochs", "widths")
     @classmethod
-    def _positive(cls, v: list[int], info: ValidationInfo) -> list[int]:
-        bad = [x for x in v if x < 1]
+    def _positive(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        bad = [x for x in v or [] if x < 1]
         if bad:
             raise ValueError(f"entries must be >= 1, got {bad}")
-        top = MAX_DEPTH if info.field_name == "depths" else MAX_EPOCHS
-        big = [x for x in v if x > top]
+        top = {"depths": MAX_DEPTH, "widths": MAX_WIDTH}.get(info.field_name, MAX_EPOCHS)
+        big = [x for x in v or [] if x > top]
         if big:
             raise ValueError(f"entries must be <= {top}, got {big}")
+        return v
+
+    @field_validator("widths")
+    @classmethod
+    def _distinct(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"entries must be distinct, got {v}")
         return v
 
     @model_validator(mode="after")
@@ -167,6 +178,16 @@ class FaultsConfig(_Strict):
 
     fail_trials: list[StrictInt] = Field(default_factory=list)
     fail_once: bool = Field(False, strict=True)
+    # one network of one trial, "K/NAME" (e.g. "1/NN1@w64"): raise inside its training only
+    fail_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("fail_networks")
+    @classmethod
+    def _network_refs(cls, v: list[str]) -> list[str]:
+        bad = [r for r in v if not re.fullmatch(r"\d+/NN\d+(@w\d+)?", r)]
+        if bad:
+            raise ValueError(f"expected entries like '1/NN1' or '1/NN1@w64', got {bad}")
+        return v
 
 
 class Config(_Strict):
@@ -198,6 +219,11 @@ class Config(_Strict):
                 f"data.n_obs: {self.data.n_obs} rows with test_fraction "
                 f"{self.data.test_fraction} leave fewer than 2 training rows"
             )
+        if self.networks.widths is not None and not self.networks.enabled:
+            raise ValueError(
+                f"networks.widths: a width sweep ({self.networks.widths}) trains networks, "
+                "but networks.enabled is false"
+            )
         bad = [k for k in self.faults.fail_trials if not 0 <= k < self.trials]
         if bad:
             raise ValueError(f"faults.fail_trials: {bad} outside 0..{self.trials - 1}")
@@ -228,15 +254,28 @@ class Config(_Strict):
         return keys.item_key("gram", {"kernel": name, "formulas": self.formulas})
 
     def item_key(self, method: str) -> str:
-        """Key of a method's item: its own config section + its code version (ntkflow.keys)."""
-        if method.startswith("NN") and method[2:].isdigit():
-            depth = int(method[2:])
+        """Key of a method's item: its own config section + its code version (ntkflow.keys).
+
+        A network (``NN<L>[@w<W>]``) is keyed by the networks section less what names other
+        networks (depths, epochs, widths) or does not change results (log_every), plus its own
+        depth, epochs and width; a theory item (``LIN<L><variant>[@w<W>]``) by its network's key,
+        its variant and the formulas; a kernel by the kernel, the formulas and ``krr``.
+        """
+        m = re.fullmatch(r"(NN|LIN)(\d+)(-emp|-inf|-sgd)?(?:@w(\d+))?", method)
+        if m:
+            depth, width = int(m[2]), int(m[4]) if m[4] else None
             n = self.networks
-            skip = {"enabled", "depths", "epochs", "log_every"}
-            section = n.model_dump(mode="json", exclude=skip)
-            return keys.item_key(
-                "network", {**section, "depth": depth, "epochs": n.epochs[n.depths.index(depth)]}
-            )
+            skip = {"enabled", "depths", "epochs", "log_every", "widths", "width"}
+            net = {
+                **n.model_dump(mode="json", exclude=skip),
+                "depth": depth,
+                "epochs": n.epochs[n.depths.index(depth)] if depth in n.depths else None,
+                "width": width or n.width,
+            }
+            if m[1] == "NN":
+                return keys.item_key("network", net)
+            theory = {"network": keys.item_key("network", net), "variant": m[3] or ""}
+            return keys.item_key("linearized", {**theory, "formulas": self.formulas})
         krr = self.krr.model_dump(mode="json")
         return keys.item_key("kernel", {"kernel": method, "formulas": self.formulas, "krr": krr})
 
@@ -245,8 +284,74 @@ class Config(_Strict):
 
     @property
     def methods(self) -> list[str]:
-        nets = [f"NN{L}" for L in self.networks.depths] if self.networks.enabled else []
-        return nets + list(self.kernels)
+        specs = network_specs(self)
+        nets = [s.name for s in specs]
+        theory = [m for s in specs for m in s.theory_methods(self.networks.parameterization)]
+        return nets + theory + list(self.kernels)
+
+    @property
+    def gram_kernels(self) -> list[str]:
+        """Kernels whose Grams a trial stores: ``kernels`` plus the analytic NTK of each network's
+        family and depth (SPEC §6), computed once per trial and shared by every width. With
+        published formulas the networks' NTKs are not those kernels: the theory evaluates the
+        exact ones itself."""
+        extra = []
+        if self.formulas == "exact":
+            for s in network_specs(self):
+                name = theory_kernel(self.networks.parameterization, s.depth)
+                if name and name not in self.kernels and name not in extra:
+                    extra.append(name)
+        return list(self.kernels) + extra
+
+
+# ---- networks and their linearized theory (SPEC §6) --------------------------------------------
+THEORY_VARIANTS = ("", "-emp", "-inf", "-sgd")  # LIN<L>, LIN<L>-emp, LIN<L>-inf, LIN<L>-sgd
+ANALYTIC_VARIANTS = ("", "-inf")  # need the analytic NTK of the network's family
+FAMILY_OF = {"ntkj": "NTKJ", "ntkb": "NTKB", "standard": None}
+
+
+def theory_kernel(parameterization: str, depth: int) -> str | None:
+    """The analytic NTK of a network (ntkj → NTKJ<L>, ntkb → NTKB<L>; none for "standard")."""
+    family = FAMILY_OF[parameterization]
+    return f"{family}{depth}" if family else None
+
+
+class NetSpec(NamedTuple):
+    """One network of a trial: depth, width, and the method-name tag ("" or "@w<width>")."""
+
+    depth: int
+    width: int
+    tag: str
+
+    @property
+    def name(self) -> str:
+        return f"NN{self.depth}{self.tag}"
+
+    def theory_methods(self, parameterization: str) -> list[str]:
+        analytic = FAMILY_OF[parameterization] is not None
+        return [
+            f"LIN{self.depth}{v}{self.tag}"
+            for v in THEORY_VARIANTS
+            if analytic or v not in ANALYTIC_VARIANTS
+        ]
+
+
+def network_specs(cfg: Config) -> list[NetSpec]:
+    """The trial's networks: one per depth, or per (depth, width) in a sweep (tagged @w<W>)."""
+    n = cfg.networks
+    if not n.enabled:
+        return []
+    if n.widths is None:
+        return [NetSpec(L, n.width, "") for L in n.depths]
+    return [NetSpec(L, w, f"@w{w}") for L in n.depths for w in n.widths]
+
+
+def network_spec(cfg: Config, depth: int, width: int | None = None) -> NetSpec:
+    """The spec of the depth-``depth`` network (of ``width`` in a sweep)."""
+    for s in network_specs(cfg):
+        if s.depth == depth and (width is None or s.width == width):
+            return s
+    raise ValueError(f"no network of depth {depth} and width {width} in this configuration")
 
 
 def test_size(n_obs: int, test_fraction: float) -> int:
@@ -266,7 +371,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "formulas": "exact",
         "trials": 8,
-        "networks": {"width": 512, "epochs": [800, 800], "log_every": 20},
+        # the paper's linearized times t = 2ηE/B = 1.5 (NN1) and 3 (NN2) with 10× its lr
+        # (benchmarks/theory_trajectory.py: same trajectory as η/4 with 4× the epochs)
+        "networks": {"width": 512, "lr": 0.02, "epochs": [300, 600], "log_every": 10},
     },
     "smoke": {
         "formulas": "exact",
@@ -279,7 +386,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESET_HELP = {
     "paper": "the paper's table: published formulas, 50 trials, width-10,000 networks (GPUs)",
     "paper-corrected": "as paper with the exact kernel formulas",
-    "quick": "default: exact formulas, 8 trials, small networks; minutes on 2 CPU cores",
+    "quick": "default: exact formulas, 8 trials, width-512 networks trained to the paper's t",
     "smoke": "tiny, for tests: 2 trials of 120 rows, networks of width 64",
 }
 DEFAULT_PRESET = "quick"

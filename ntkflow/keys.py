@@ -26,6 +26,7 @@ CODE_MODULES: dict[str, tuple[str, ...]] = {
     "gram": ("ntkflow.kernels", "ntkflow.gram"),
     "kernel": ("ntkflow.kernels", "ntkflow.gram", "ntkflow.krr"),
     "network": ("ntkflow.nets", "ntkflow.train"),
+    "linearized": ("ntkflow.nets", "ntkflow.train", "ntkflow.linearized", "ntkflow.kernels"),
 }
 
 

@@ -65,3 +65,143 @@ def summarize(df: pd.DataFrame, methods: list[str]) -> dict:
         if len(both):
             paired.append({"a": a, "b": b, **paired_difference(both[a], both[b])})
     return {"methods": per_method, "percent_change_1_to_2": change, "paired": paired}
+
+
+# ---- linearized theory (SPEC §6) ----------------------------------------------------------------
+THEORY_DIAGNOSTICS = ("ntk_drift", "ntk_init_error")
+
+
+def _mean_se(values) -> dict[str, float]:
+    """n, mean and SE (ddof=0, as everywhere in the summary) of the finite values."""
+    v = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return {"n": 0}
+    return {"n": len(v), "mean": float(v.mean()), "se": float(v.std(ddof=0) / np.sqrt(len(v)))}
+
+
+def missing_trials(
+    df: pd.DataFrame, methods: list[str], failed_trials: list[int] = ()
+) -> dict[str, list[dict]]:
+    """Per method that lacks some trial beyond the failed trials (listed once elsewhere): which
+    trials, and why (e.g. its network diverged)."""
+    out = {}
+    for m in methods:
+        bad = df[(df.method == m) & (df.status != "ok") & ~df.trial.isin(list(failed_trials))]
+        if len(bad):
+            err = bad["error"] if "error" in bad else pd.Series([None] * len(bad), index=bad.index)
+            out[m] = [
+                {"trial": int(k), "status": s, "error": e if isinstance(e, str) else None}
+                for k, s, e in zip(bad.trial, bad.status, err, strict=True)
+            ]
+    return out
+
+
+def theory_summary(df: pd.DataFrame, specs, parameterization: str) -> dict:
+    """Per network: how far each linearized predictor is from it (SPEC §6).
+
+    For each LIN method, over the trials where both it and the network succeeded: the RMSE
+    between their test predictions (``gap``), the same relative to the network's test RMSE
+    (``rel_gap``), the LIN test RMSE, and the paired NN − LIN RMSE difference with its 95% t
+    interval. ``diagnostics``: kernel drift, init error and ‖θ_T − θ₀‖/‖θ₀‖ per layer.
+    """
+    ok = df[df.status == "ok"]
+    out = {}
+    for spec in specs:
+        nn = ok[ok.method == spec.name].set_index("trial")
+        entry = {
+            "depth": spec.depth,
+            "width": spec.width,
+            "t": float(nn["linearized_time"].iloc[0])
+            if "linearized_time" in nn and len(nn)
+            else None,
+            "nn_rmse": _mean_se(nn["rmse"]) if len(nn) else {"n": 0},
+            "predictors": {},
+            "diagnostics": {},
+        }
+        for m in spec.theory_methods(parameterization):
+            lin = ok[ok.method == m].set_index("trial")
+            both = lin.index.intersection(nn.index)
+            gap = lin.loc[both, "rmse_vs_network"] if "rmse_vs_network" in lin else []
+            rel = lin.loc[both, "rel_rmse_vs_network"] if "rel_rmse_vs_network" in lin else []
+            ref = lin["rmse_vs_reference"] if "rmse_vs_reference" in lin else []
+            entry["predictors"][m] = {
+                "trials": [int(k) for k in both],
+                "rmse": _mean_se(lin.loc[both, "rmse"]),
+                "gap": _mean_se(gap),
+                "rel_gap": _mean_se(rel),
+                # RMSE to the predictor differing in one respect (-emp: LIN, -sgd: -emp, -inf: LIN)
+                "vs_reference": _mean_se(ref),
+                "nn_minus_lin": paired_difference(nn.loc[both, "rmse"], lin.loc[both, "rmse"]),
+            }
+        for key in THEORY_DIAGNOSTICS:
+            if key in nn:
+                entry["diagnostics"][key] = _mean_se(nn[key])
+        layers = sorted(
+            c for c in nn.columns if c.startswith("param_rel_change_l") and nn[c].notna().any()
+        )
+        entry["diagnostics"]["param_rel_change"] = [_mean_se(nn[c]) for c in layers]
+        out[spec.name] = entry
+    return out
+
+
+def width_slopes(df: pd.DataFrame, specs, parameterization: str, level: float = 0.95) -> dict:
+    """Log-log slope of each LIN predictor's gap to its network against width, per depth.
+
+    Per trial present at every width, the least-squares slope of log gap on log width; the
+    estimate is their mean with a t interval over trials (paired by trial, so the spread of the
+    gap's level between trials does not enter). Also the slope through the mean gaps, and per
+    width the mean gap and the NN − LIN test-RMSE difference relative to the LIN RMSE.
+    """
+    ok = df[df.status == "ok"]
+    by_depth: dict[int, list] = {}
+    for s in specs:
+        by_depth.setdefault(s.depth, []).append(s)
+    out = {}
+    for depth, group in by_depth.items():
+        if len(group) < 2:
+            continue
+        widths = [s.width for s in group]
+        logw = np.log(widths)
+        res = {}
+        for base in (m.split("@")[0] for m in group[0].theory_methods(parameterization)):
+            gaps, rel_rmse, ref = {}, [], []
+            for s in group:
+                lin = ok[ok.method == f"{base}{s.tag}"].set_index("trial")
+                if "rmse_vs_reference" in lin:
+                    ref.append(_mean_se(lin["rmse_vs_reference"]).get("mean", float("nan")))
+                nn = ok[ok.method == s.name].set_index("trial")
+                both = lin.index.intersection(nn.index)
+                gaps[s.width] = pd.to_numeric(lin.loc[both, "rmse_vs_network"], errors="coerce")
+                diff = (nn.loc[both, "rmse"] - lin.loc[both, "rmse"]) / lin.loc[both, "rmse"]
+                rel_rmse.append(_mean_se(diff))
+            table = pd.DataFrame(gaps).dropna()
+            table = table[(table > 0).all(axis=1)]
+            slopes = [
+                float(np.polyfit(logw, np.log(r.to_numpy()), 1)[0]) for _, r in table.iterrows()
+            ]
+            means = [float(gaps[w].mean()) if len(gaps[w]) else float("nan") for w in widths]
+            fin = np.isfinite(means) & (np.asarray(means) > 0)
+            entry = {
+                "widths": widths,
+                "gap_mean": means,
+                "gap_se": [_mean_se(gaps[w]).get("se", float("nan")) for w in widths],
+                "nn_vs_lin_rmse_rel": rel_rmse,
+                "vs_reference_mean": ref,
+                "trials": [int(k) for k in table.index],
+                "slope_of_means": float(np.polyfit(logw[fin], np.log(np.asarray(means)[fin]), 1)[0])
+                if fin.sum() >= 2
+                else float("nan"),
+            }
+            if len(slopes):
+                mean = float(np.mean(slopes))
+                half = (
+                    float(st.t.ppf(0.5 + level / 2, len(slopes) - 1) * np.std(slopes, ddof=1))
+                    / np.sqrt(len(slopes))
+                    if len(slopes) > 1
+                    else float("nan")
+                )
+                entry.update(slope=mean, slope_ci_low=mean - half, slope_ci_high=mean + half)
+            res[base] = entry
+        out[f"NN{depth}"] = res
+    return out

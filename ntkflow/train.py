@@ -25,6 +25,8 @@ Public API::
     keras_validation_split(x, y, validation_split=0.3) -> (x_fit, y_fit, x_val, y_val)
     train_network(net, x_fit, y_fit, x_val, y_val, x_test, *, epochs, batch_size=8, lr=0.002,
                   seed, log_every=10, device=None, progress=None) -> TrainResult
+    epoch_permutations(seed, n_fit, epochs) -> iterator of torch.Tensor   # the batch order
+    batch_slices(n_fit, batch_size) -> list[slice]                         # batches of an epoch
     TrainingDiverged(RuntimeError)     # deterministic: do not retry
     set_torch_threads(n)               # for CPU worker processes
 
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -152,6 +154,24 @@ def _as_tensor(a, like: torch.Tensor, column: bool = False) -> torch.Tensor:
     return t.reshape(-1, 1) if column else t
 
 
+def epoch_permutations(seed: SeedLike, n_fit: int, epochs: int) -> Iterator[torch.Tensor]:
+    """The order in which :func:`train_network` visits the fit rows, one permutation per epoch.
+
+    Drawn on the CPU from the seed's shuffle stream (:data:`ntkflow.nets.STREAM_SHUFFLE`), so
+    the same ``(seed, n_fit)`` gives the same batches on every device: the linearized SGD replay
+    (:func:`ntkflow.linearized.sgd_replay`) regenerates the network's exact batch order from the
+    seed instead of recording it.
+    """
+    gen = torch_generator(seed, STREAM_SHUFFLE)
+    for _ in range(epochs):
+        yield torch.randperm(n_fit, generator=gen)
+
+
+def batch_slices(n_fit: int, batch_size: int) -> list[slice]:
+    """Consecutive batches of a permuted epoch; the last one is smaller when batch_size ∤ n_fit."""
+    return [slice(s, min(s + batch_size, n_fit)) for s in range(0, n_fit, batch_size)]
+
+
 def _mse(net: FCNet, x: torch.Tensor, y: torch.Tensor) -> float:
     if x.shape[0] == 0:
         return math.nan
@@ -229,15 +249,14 @@ def train_network(
         if progress is not None:
             progress(epoch, row)
 
-    gen = torch_generator(seed, STREAM_SHUFFLE)
-    batches = [slice(s, min(s + batch_size, n_fit)) for s in range(0, n_fit, batch_size)]
+    batches = batch_slices(n_fit, batch_size)
     plan = _step_plan(layers)
     sse = torch.zeros((1, 1), dtype=like.dtype, device=like.device)
     with torch.no_grad():
         log(0, math.nan)
         t_loop = time.perf_counter()
-        for epoch in range(1, epochs + 1):
-            perm = torch.randperm(n_fit, generator=gen).to(like.device)
+        for epoch, perm in enumerate(epoch_permutations(seed, n_fit, epochs), 1):
+            perm = perm.to(like.device)
             xs, ys = xf[perm], yf[perm]  # one gather per epoch; batches are views
             sse.zero_()
             for b in batches:

@@ -6,6 +6,8 @@ Layout under ``trials/<kkk>/`` (ARCHITECTURE.md "Store layout"):
     gram/<KERNEL>.zarr   train_train, test_train
     items/<METHOD>.json  one verified record per method (rmse + diagnostics), written atomically
     nets/<NN>.npz        f₀ and final predictions; nets/<NN>_curve.json the training curve
+    nets/<NN>_ntk0.npz   the initial network's empirical NTK Θ̂₀(fit ⊕ test, fit) and f₀
+    nets/LIN<L>.npz      the linearized predictions (SPEC §6) of that network, per variant
     result.json          all items of the trial; written last, so its presence = trial complete
     error.json           the last failure's message (removed when the trial completes)
 
@@ -17,16 +19,25 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
+import math
 import platform
 import time
 import traceback
+from typing import NamedTuple
 
 import numpy as np
 import zarr
 
 from ntkflow import compute, gram, keys, krr, lease
-from ntkflow.config import Config
+from ntkflow.config import (
+    THEORY_VARIANTS,
+    Config,
+    network_spec,
+    network_specs,
+    theory_kernel,
+)
 from ntkflow.data import STREAM_NETS, TrialData, simulate, stream
 from ntkflow.gram import CorruptArtifact
 from ntkflow.kernels import kernel
@@ -59,6 +70,14 @@ def inject_fault(cfg: Config, store: Store, k: int) -> None:
 
 
 # ---- item records: keyed, verified, reused only when they are what the config asks for ------
+# (field naming an artifact of the trial, field with its SHA-256) in item records
+ARTIFACT_FIELDS = (
+    ("gram", "gram_sha256"),
+    ("predictions", "predictions_sha256"),
+    ("ntk0", "ntk0_sha256"),
+)
+
+
 def item_rel(k: int, method: str) -> str:
     return f"{trial_dir(k)}/items/{method}.json"
 
@@ -96,7 +115,7 @@ def reusable_item(cfg: Config, store: Store, k: int, method: str, data_sha: str 
 def save_item(cfg: Config, store: Store, k: int, record: dict, data_sha: str) -> dict:
     """Write a method's record with its key, code version and the data it was computed from."""
     method, kind = record["method"], record["kind"]  # kind: a key of keys.CODE_MODULES
-    paths = [record[f] for f in ("gram", "predictions") if f in record]
+    paths = [record[f] for f, _ in ARTIFACT_FIELDS if f in record]
     record = {
         **record,
         "artifacts": {path: store.files(path) for path in paths},  # files and sizes
@@ -106,6 +125,17 @@ def save_item(cfg: Config, store: Store, k: int, record: dict, data_sha: str) ->
     }
     store.write_json(item_rel(k, method), record, checksum=True)
     return record
+
+
+def inject_network_fault(cfg: Config, store: Store, k: int, name: str) -> None:
+    """``faults.fail_networks``: fail one network of one trial (tests of rerun-failed-only)."""
+    if f"{k}/{name}" not in cfg.faults.fail_networks:
+        return
+    marker = f"{trial_dir(k)}/fault-injected-{name}"
+    if cfg.faults.fail_once and store.exists(marker):
+        return
+    store.write_text(marker, "1")
+    raise InjectedFault(f"injected fault in trial {k}, network {name} (faults.fail_networks)")
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -300,49 +330,59 @@ def net_seed(cfg: Config, k: int, depth: int) -> np.random.SeedSequence:
 
 
 def network_item(
-    cfg: Config, store: Store, k: int, depth: int, device: str = "cpu", progress=None
+    cfg: Config,
+    store: Store,
+    k: int,
+    depth: int,
+    device: str = "cpu",
+    width: int | None = None,
+    progress=None,
 ) -> dict:
     """Train trial k's network with ``depth`` hidden layers (SPEC §5); record RMSE and curves.
 
-    ``progress(epoch, row)`` is called every ``networks.log_every`` epochs (train_network)."""
-    import torch
+    ``width`` picks the network of a width sweep. Before training the empirical NTK of the
+    initial network is stored for the theory (SPEC §6), after it the lazy-training diagnostics
+    are added to the record. A network whose loss diverges gets a failed record (deterministic
+    for its seed), which fails only its own methods.
+    """
+    from ntkflow.train import TrainingDiverged, train_network
 
-    from ntkflow.nets import build_network
-    from ntkflow.train import train_network
-
-    name = f"NN{depth}"
+    spec = network_spec(cfg, depth, width)
+    name = spec.name
     d = load_data(store, k)
     sha = d.info["sha256"]
     done = reusable_item(cfg, store, k, name, sha)
     if done is not None:
         return done
+    inject_network_fault(cfg, store, k, name)
     n = cfg.networks
     val = d.val
     seed = net_seed(cfg, k, depth)
-    net = build_network(
-        cfg.data.d_in,
-        depth,
-        n.width,
-        n.parameterization,
-        seed=seed,
-        dtype=getattr(torch, n.dtype),
-        device=device,
-    )
+    net = initial_network(cfg, k, spec, device)
     epochs = n.epochs[n.depths.index(depth)]
-    res = train_network(
-        net,
-        d.x[d.fit],
-        d.y[d.fit],
-        d.x[val],
-        d.y[val],
-        d.x[d.test],
-        epochs=epochs,
-        batch_size=n.batch_size,
-        lr=n.lr,
-        seed=seed,
-        log_every=n.log_every,
-        progress=progress,
-    )
+    t_init = time.perf_counter()
+    ntk0 = store_initial_ntk(store, k, name, net, d)
+    seconds_ntk = time.perf_counter() - t_init
+    try:
+        res = train_network(
+            net,
+            d.x[d.fit],
+            d.y[d.fit],
+            d.x[val],
+            d.y[val],
+            d.x[d.test],
+            epochs=epochs,
+            batch_size=n.batch_size,
+            lr=n.lr,
+            seed=seed,
+            log_every=n.log_every,
+            progress=progress,
+        )
+    except TrainingDiverged as exc:
+        return save_item(cfg, store, k, failed_item(name, "network", exc, **ntk0.record), sha)
+    t_diag = time.perf_counter()
+    diagnostics = lazy_diagnostics(cfg, k, net, d, ntk0)
+    seconds_ntk += time.perf_counter() - t_diag
     base = f"{trial_dir(k)}/nets/{name}"
     store.write_json(f"{base}_curve.json", {k_: v.tolist() for k_, v in res.curve.items()})
     npz_sha = _write_npz(
@@ -369,17 +409,231 @@ def network_item(
         "curve": f"{base}_curve.json",
         "predictions": f"{base}.npz",
         "predictions_sha256": npz_sha,
+        **ntk0.record,
+        **diagnostics,
+        "seconds_ntk": seconds_ntk,
     }
     return save_item(cfg, store, k, record, sha)
 
 
 def _write_npz(store: Store, rel: str, **arrays) -> str:
-    import io
-
+    """Write arrays as one .npz; returns its SHA-256."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     store.write_bytes(rel, buf.getvalue())
     return hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+# ---- linearized theory (SPEC §6) -----------------------------------------------------------------
+def initial_network(cfg: Config, k: int, spec, device: str = "cpu"):
+    """Trial k's network ``spec`` at initialisation (deterministic from the trial seed)."""
+    import torch
+
+    from ntkflow.nets import build_network
+
+    n = cfg.networks
+    return build_network(
+        cfg.data.d_in,
+        spec.depth,
+        spec.width,
+        n.parameterization,
+        seed=net_seed(cfg, k, spec.depth),
+        dtype=getattr(torch, n.dtype),
+        device=device,
+    )
+
+
+class InitialNTK(NamedTuple):
+    """Θ̂₀(fit ⊕ test, fit) of the initial network (float64; fit rows first) and its f₀."""
+
+    ntk: np.ndarray
+    f0_fit: np.ndarray
+    f0_test: np.ndarray
+    record: dict  # where it is stored, with its SHA-256
+
+
+def store_initial_ntk(store: Store, k: int, name: str, net, d: TrialData) -> InitialNTK:
+    """Compute the initial network's empirical NTK and f₀ and store them (``nets/<NN>_ntk0.npz``).
+
+    The NTK comes from per-layer factors of a float64 copy of the network (no Jacobians); f₀ is
+    the network's own output in its own dtype, the f₀ its training starts from.
+    """
+    import torch
+
+    from ntkflow.nets import empirical_ntk
+
+    rows = np.concatenate([d.fit, d.test])
+    nf = len(d.fit)
+    ntk = empirical_ntk(net, d.x[rows])[:, :nf]  # features once for all rows
+    p = net.layers[0].weight
+    with torch.no_grad():
+        f0 = net(torch.as_tensor(d.x[rows]).to(dtype=p.dtype, device=p.device)).reshape(-1).double()
+    f0 = f0.cpu().numpy()
+    rel = f"{trial_dir(k)}/nets/{name}_ntk0.npz"
+    sha = _write_npz(store, rel, ntk=ntk, f0_fit=f0[:nf], f0_test=f0[nf:])
+    return InitialNTK(ntk, f0[:nf], f0[nf:], {"ntk0": rel, "ntk0_sha256": sha})
+
+
+def load_initial_ntk(cfg: Config, store: Store, k: int, spec, record: dict | None) -> InitialNTK:
+    """The stored initial NTK if it verifies against the network's record, else recomputed from
+    the seed (the initial network is rebuilt exactly) and stored again."""
+    rel = f"{trial_dir(k)}/nets/{spec.name}_ntk0.npz"
+    want = (record or {}).get("ntk0_sha256")
+    if want is not None and store.exists(rel):
+        raw = store.read_bytes(rel)
+        if hashlib.sha256(raw).hexdigest() == want:
+            with np.load(io.BytesIO(raw)) as z:
+                return InitialNTK(z["ntk"], z["f0_fit"], z["f0_test"], {"ntk0": rel})
+        log.warning("recomputing %s: fails its checksum", rel)
+    net = initial_network(cfg, k, spec)
+    return store_initial_ntk(store, k, spec.name, net, load_data(store, k))
+
+
+def ntk_subsample_seed(cfg: Config, k: int) -> np.random.SeedSequence:
+    """Seed of the trial's fixed drift subsample: slot 0 of the networks' streams (depths ≥ 1)."""
+    return net_seed(cfg, k, 0)
+
+
+def lazy_diagnostics(cfg: Config, k: int, net, d: TrialData, init: InitialNTK) -> dict:
+    """SPEC §6 on a fixed subsample of fit points: kernel drift ‖Θ̂_T − Θ̂₀‖/‖Θ̂₀‖ of the trained
+    ``net`` and init error ‖Θ̂₀ − Θ‖/‖Θ‖ against the analytic NTK of its family (Frobenius)."""
+    from ntkflow.kernels import kernel
+    from ntkflow.linearized import fixed_subsample, relative_change
+    from ntkflow.nets import empirical_ntk
+
+    sub = fixed_subsample(ntk_subsample_seed(cfg, k), len(d.fit), cfg.networks.ntk_subsample)
+    theta0 = init.ntk[np.ix_(sub, sub)]
+    x_sub = d.x[d.fit[sub]]
+    out = {
+        "ntk_subsample": len(sub),
+        "ntk_drift": relative_change(empirical_ntk(net, x_sub), theta0),
+    }
+    name = theory_kernel(cfg.networks.parameterization, net.depth)
+    if name:
+        analytic = kernel(name, formulas="exact", **net.hyper)(x_sub)
+        out["ntk_init_error"] = relative_change(theta0, analytic)
+    return out
+
+
+def analytic_ntk(cfg: Config, store: Store, k: int, name: str, d: TrialData):
+    """Θ(fit, fit) and Θ(test, fit) of the exact kernel ``name``: slices of the trial's stored
+    Gram (fit = leading train rows), shared by every width; evaluated here when the run's Grams
+    are of the published variant or the stored one is unusable."""
+    nf = len(d.fit)
+    if cfg.formulas == "exact" and name in cfg.gram_kernels:
+        zrel = f"{trial_dir(k)}/gram/{name}.zarr"
+        try:
+            k_train, k_test, _ = gram.read_gram(store.zarr_store(zrel, read_only=True))
+            return k_train[:nf, :nf], k_test[:, :nf]
+        except CorruptArtifact as e:
+            log.warning("evaluating %s in memory: %s", name, e)
+    from ntkflow.kernels import kernel
+
+    k_all = kernel(name, formulas="exact")(np.concatenate([d.x[d.fit], d.x[d.test]]), d.x[d.fit])
+    return k_all[:nf], k_all[nf:]
+
+
+def theory_item(
+    cfg: Config, store: Store, k: int, depth: int, width: int | None = None
+) -> list[dict]:
+    """LIN<L>, LIN<L>-emp, LIN<L>-inf, LIN<L>-sgd of trial k's network (SPEC §6), after it trained.
+
+    LIN: gradient flow to the network's t = 2ηE/B with the analytic NTK of its family and its
+    own f₀; -emp: the same with the empirical NTK at initialisation; -inf: t → ∞ (analytic, with
+    f₀); -sgd: the network's own SGD steps applied to the linear model with the empirical NTK.
+    Each record has the test RMSE and the RMSE between its and the network's test predictions.
+    A variant that diverges (or a network that did) fails only its own method.
+    """
+    from ntkflow.linearized import GradientFlow, LinearizedDiverged, sgd_replay
+    from ntkflow.train import epoch_permutations
+
+    spec = network_spec(cfg, depth, width)
+    n = cfg.networks
+    names = spec.theory_methods(n.parameterization)
+    t_start = time.perf_counter()
+    d = load_data(store, k)
+    sha = d.info["sha256"]
+    done = [reusable_item(cfg, store, k, m, sha) for m in names]
+    if all(r is not None for r in done):
+        return done
+    nn = reusable_item(cfg, store, k, spec.name, sha)
+    if nn is None:
+        raise RuntimeError(f"trial {k}: {spec.name} has no record; train it before its theory")
+    init = load_initial_ntk(cfg, store, k, spec, nn)
+    epochs = n.epochs[n.depths.index(depth)]
+    t = 2 * n.lr * epochs / n.batch_size
+    y_fit, y_test, nf = d.y[d.fit], d.y[d.test], len(d.fit)
+    f0 = (y_fit, init.f0_fit, init.f0_test)
+    emp_fit, emp_test = init.ntk[:nf], init.ntk[nf:]
+    preds, errors, kernels = {}, {}, {}
+    name = theory_kernel(n.parameterization, depth)
+    if name:
+        flow = GradientFlow(*analytic_ntk(cfg, store, k, name, d))  # one eigh: every t
+        preds[""], preds["-inf"] = flow.predict(t, *f0), flow.predict(math.inf, *f0)
+        kernels[""] = kernels["-inf"] = name
+    preds["-emp"] = GradientFlow(emp_fit, emp_test).predict(t, *f0)
+    kernels["-emp"] = kernels["-sgd"] = "empirical"
+    try:
+        perms = epoch_permutations(net_seed(cfg, k, depth), nf, epochs)
+        preds["-sgd"] = sgd_replay(
+            emp_fit, emp_test, *f0, perms, batch_size=n.batch_size, lr=n.lr
+        ).eval
+    except LinearizedDiverged as exc:
+        errors["-sgd"] = exc
+    nn_pred = None
+    if nn.get("status", "ok") == "ok":
+        with np.load(io.BytesIO(store.read_bytes(nn["predictions"]))) as z:
+            nn_pred = z["pred_test"]
+    base = f"{trial_dir(k)}/nets/LIN{depth}{spec.tag}.npz"
+    pred_sha = _write_npz(store, base, **{f"pred_test{v}": p for v, p in preds.items()})
+    seconds = time.perf_counter() - t_start
+    # SPEC §6 separates three effects: finite width (-emp vs LIN), SGD steps vs gradient flow
+    # (-sgd vs -emp), and the time limit (-inf vs LIN); each record holds its own against the
+    # predictor it differs from in one respect.
+    reference = {"-emp": "", "-sgd": "-emp", "-inf": ""}
+    records = []
+    for v in THEORY_VARIANTS:
+        m = f"LIN{depth}{v}{spec.tag}"
+        if m not in names:
+            continue
+        if v in errors:
+            rec = failed_item(m, "linearized", errors[v], network=spec.name)
+        else:
+            gap = krr.rmse(preds[v], nn_pred) if nn_pred is not None else None
+            rec = {
+                "method": m,
+                "kind": "linearized",
+                "network": spec.name,
+                "variant": v.lstrip("-") or "flow",
+                "ntk": kernels[v],
+                "t": math.inf if v == "-inf" else t,
+                "rmse": krr.rmse(preds[v], y_test),
+                "rmse_vs_network": gap,
+                "rel_rmse_vs_network": gap / nn["rmse"] if gap is not None else None,
+                "reference": None,
+                "rmse_vs_reference": None,
+                "predictions": base,
+                "predictions_sha256": pred_sha,
+                "seconds_theory": seconds,
+            }
+            ref = reference.get(v)
+            if ref is not None and ref in preds:
+                rec["reference"] = f"LIN{depth}{ref}{spec.tag}"
+                rec["rmse_vs_reference"] = krr.rmse(preds[v], preds[ref])
+        records.append(save_item(cfg, store, k, rec, sha))
+    return records
+
+
+def failed_item(method: str, kind: str, exc: BaseException, **extra) -> dict:
+    """The record of a method that failed deterministically (e.g. diverged) in this trial."""
+    return {
+        "method": method,
+        "kind": kind,
+        "status": "failed",
+        "error": f"{type(exc).__name__}: {exc}",
+        "rmse": None,
+        **extra,
+    }
 
 
 # ---- the whole trial: manifest, completeness, verification ------------------------------------
@@ -403,7 +657,7 @@ def finish(cfg: Config, store: Store, k: int, items: list[dict], versions: dict)
     data = {"sha256": d.info["sha256"], "files": store.files(f"{trial_dir(k)}/data.zarr")}
     manifest = {"data.zarr": data}
     for item in methods.values():
-        for field, sha in (("gram", "gram_sha256"), ("predictions", "predictions_sha256")):
+        for field, sha in ARTIFACT_FIELDS:
             if field in item:
                 rel = item[field].removeprefix(trial_dir(k) + "/")
                 manifest[rel] = _manifest_entry(item, field, item.get(sha))
@@ -484,7 +738,7 @@ def quarantine(store: Store, k: int, result: dict, bad: list[str]) -> None:
     and result.json, so the next run recomputes exactly those (logged)."""
     base = trial_dir(k)
     for method, item in (result.get("methods") or {}).items():
-        used = {item.get("gram"), item.get("predictions")}
+        used = {item.get(field) for field, _ in ARTIFACT_FIELDS}
         if used & {f"{base}/{rel}" for rel in bad} or "data.zarr" in bad:
             store.remove(item_rel(k, method))
     for rel in bad:
@@ -531,7 +785,7 @@ def run_kernels(cfg: Config, store: Store, k: int, scheduler="sync") -> list[dic
     inject_fault(cfg, store, k)
     ensure_data(cfg, store, k)
     d = load_data(store, k)
-    return [kernel_item(cfg, store, k, name, scheduler, d) for name in cfg.kernels]
+    return [kernel_item(cfg, store, k, name, scheduler, d) for name in cfg.gram_kernels]
 
 
 # ---- leased steps: what a flow task (or run_trial) calls ----------------------------------------
@@ -550,7 +804,7 @@ def _kernels_done(cfg: Config, store: Store, k: int) -> bool:
     sha = data_sha(store, k)
     return sha is not None and all(
         not item_problem(cfg, store.read_json(item_rel(k, m), verify=True), m, sha)
-        for m in cfg.kernels
+        for m in cfg.gram_kernels
     )
 
 
@@ -589,10 +843,11 @@ def network_part(
     device: str = "cpu",
     on_wait=None,
     progress=None,
+    width: int | None = None,
 ) -> dict:
     """One network of trial k under its own lease (waits for a live holder elsewhere);
-    ``progress`` as in :func:`network_item`."""
-    name = f"NN{depth}"
+    ``width`` and ``progress`` as in :func:`network_item`."""
+    name = network_spec(cfg, depth, width).name
 
     def done():
         return reusable_item(cfg, store, k, name, data_sha(store, k))
@@ -611,7 +866,7 @@ def network_part(
     if held is None:
         return done()
     with held:
-        return network_item(cfg, store, k, depth, device, progress)
+        return network_item(cfg, store, k, depth, device, width, progress)
 
 
 def finish_part(cfg: Config, store: Store, k: int, versions: dict) -> str:
@@ -638,9 +893,10 @@ def run_trial(
     """All of trial k in one process (the flow runs the same steps as separate tasks)."""
     with recording_errors(store, k):
         kernel_part(cfg, store, k, versions or {}, scheduler)
+        for s in network_specs(cfg):
+            network_part(cfg, store, k, s.depth, device, width=s.width)
+            theory_item(cfg, store, k, s.depth, s.width)
         if cfg.networks.enabled:
-            for L in cfg.networks.depths:
-                network_part(cfg, store, k, L, device)
             finish_part(cfg, store, k, versions or {})
     return load_result(store, k)
 
