@@ -88,8 +88,11 @@ def aggregate_task(cfg: Config, out: str, run_info: dict) -> dict:
     return report.aggregate(cfg, Store(out), run_info)
 
 
-def _gpu_annotation() -> dict:
-    """Dask resource annotation for training tasks when the cluster declares GPUs."""
+def _gpu_annotation(resources: dict | None = None) -> dict:
+    """Dask resource annotation for training tasks: ``resources`` when given (the cluster plan's,
+    checked against the workers by the flow ``experiment``), else GPU=1 when workers declare it."""
+    if resources is not None:
+        return {"resources": resources} if resources else {}
     try:
         from distributed import get_client
 
@@ -98,9 +101,11 @@ def _gpu_annotation() -> dict:
         return {}
 
 
-@flow(name="experiment", log_prints=True)
-def experiment(cfg: Config, out: str) -> dict:
-    """Every trial of ``cfg`` into the run folder ``out``, then the aggregate."""
+@flow(name="trials", log_prints=True)
+def run_trials(cfg: Config, out: str, train_resources: dict | None = None) -> dict:
+    """Every trial of ``cfg`` into the run folder ``out``, then the aggregate.
+
+    Runs as a subflow of ``experiment``, which picks its Dask task runner per flow run."""
     import dask
 
     log = get_run_logger()
@@ -122,7 +127,7 @@ def experiment(cfg: Config, out: str) -> dict:
     for k in todo:
         fut = trial_task.submit(cfg, out, k, versions)
         if cfg.networks.enabled:
-            with dask.annotate(**_gpu_annotation()):
+            with dask.annotate(**_gpu_annotation(train_resources)):
                 nets = [
                     train_task.submit(cfg, out, k, L, wait_for=[fut]) for L in cfg.networks.depths
                 ]
@@ -157,3 +162,62 @@ def experiment(cfg: Config, out: str) -> dict:
             f"(summary: {store.url}/summary.json)"
         )
     return summary
+
+
+def _refused(e: Exception):
+    """A Failed state naming the bad input; the error itself is its data (the CLI exits 2)."""
+    get_run_logger().error("%s", e)
+    return Failed(message=str(e), data=e)
+
+
+@flow(name="experiment", log_prints=True)
+def experiment(
+    preset: str = "quick",
+    overrides: list[str] | dict | None = None,
+    out: str = "runs",
+    cluster: str = "local",
+    kernels_only: bool = False,
+):
+    """An experiment from what a person types: preset, ``a.b=VALUE`` overrides (or a mapping),
+    the store, the Dask cluster (local, cuda, a scheduler address or a deploy/*.yaml spec).
+
+    Builds and validates the config, checks the cluster and the store, writes the run folder's
+    ``config.yaml`` and runs the trials as the subflow ``trials`` on that cluster, so the task
+    runner is chosen per flow run, also when the run is retried. Bad input fails the run before
+    any trial, naming the field. ``ntkflow run`` calls this same flow.
+    """
+    from distributed import Client
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.runtime import prepare_workers, task_runner_at
+    from ntkflow import launch
+    from ntkflow.config import ConfigError
+
+    log = get_run_logger()
+    try:
+        cfg = launch.build_config(preset, overrides, cluster, kernels_only)
+        plan = compute.resolve_cluster(cfg.compute.cluster, cfg.compute)
+        launch.open_store(out)
+    except ConfigError as e:
+        return _refused(e)
+    log.info("run %s on %s", cfg.run_id, plan.describe())
+    with compute.start_cluster(plan) as address, Client(address, timeout="60s") as client:
+        try:
+            api = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+            n = prepare_workers(client, api)
+            log.info("%d worker(s) of %s report to %s", n, address, api)
+            resources = plan.train_resources
+            if resources is None:  # an existing scheduler: use GPUs where workers declare them
+                resources = {"GPU": 1} if compute.cluster_has_gpus(client) else {}
+            if cfg.networks.enabled:
+                compute.check_resources(client, resources)
+            store = launch.write_run_config(cfg, out)
+            launch.check_workers_see(client, store)
+        except ConfigError as e:
+            return _refused(e)
+        runner = task_runner_at(address)
+        state = run_trials.with_options(task_runner=runner)(
+            cfg, store.url, resources, return_state=True
+        )
+    # the subflow's own message ("1 trial(s) failed: [1]; ..."), not Prefect's "1/1 states failed"
+    return Failed(message=state.message) if state.is_failed() else state.result()

@@ -61,6 +61,13 @@ class PrefectAPIPlugin(WorkerPlugin):
         os.environ["PREFECT_API_URL"] = self.api_url
 
 
+def prepare_workers(client, api_url: str | None) -> int:
+    """Point every worker (also those joining later) at the run's Prefect API; how many now."""
+    if api_url:
+        client.register_plugin(PrefectAPIPlugin(api_url))
+    return len(compute.worker_resources(client))
+
+
 def point_workers_at(address: str, api_url: str) -> int:
     """Export the run's Prefect API URL into every worker of an existing Dask cluster.
 
@@ -73,11 +80,17 @@ def point_workers_at(address: str, api_url: str) -> int:
     from distributed import Client
 
     with Client(address, timeout="30s") as client:
-        client.register_plugin(PrefectAPIPlugin(api_url))
-        return len(client.scheduler_info()["workers"])
+        return prepare_workers(client, api_url)
 
 
 def task_runner(cfg: Config):
     from prefect_dask import DaskTaskRunner
 
     return DaskTaskRunner(**compute.cluster_spec(cfg.compute))
+
+
+def task_runner_at(address: str):
+    """The Dask task runner of a flow run on the cluster already started at ``address``."""
+    from prefect_dask import DaskTaskRunner
+
+    return DaskTaskRunner(address=address)

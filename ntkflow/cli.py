@@ -7,7 +7,14 @@ import os
 import sys
 import time
 
-from ntkflow.config import PRESET_HELP, PRESETS, ConfigError, load_config, to_yaml
+from ntkflow.config import (
+    DEFAULT_PRESET,
+    PRESET_HELP,
+    PRESETS,
+    ConfigError,
+    load_config,
+    to_yaml,
+)
 
 EXIT_CONFIG = 2
 
@@ -30,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--cluster",
         default=None,
-        help="local (default) | cuda | ADDRESS of an existing Dask scheduler",
+        help="local (default) | cuda | ADDRESS of an existing Dask scheduler | deploy/SPEC.yaml",
     )
     r.add_argument("--workers", type=int, default=None, help="worker processes (local/cuda)")
     r.add_argument("--formulas", choices=["exact", "published"], default=None)
@@ -69,37 +76,53 @@ def _load(args):
     return load_config(args.preset, args.config, args.sets, **explicit)
 
 
+def _flow_parameters(args) -> dict:
+    """The parameters of the flow ``experiment`` that reproduce this command's config."""
+    from ntkflow.launch import file_overrides
+
+    sets = file_overrides(args.config) if args.config else []
+    sets += args.sets
+    if args.formulas:
+        sets.append(f"formulas={args.formulas}")
+    if args.workers is not None:
+        sets.append(f"compute.n_workers={args.workers}")
+    return {
+        "preset": args.preset or DEFAULT_PRESET,
+        "overrides": sets,
+        "out": args.out,
+        "cluster": args.cluster,
+        "kernels_only": args.kernels_only,
+    }
+
+
 def cmd_run(args) -> int:
-    cfg = _load(args)  # every config error surfaces here, before any work
+    from ntkflow import compute, launch
+
+    cfg = _load(args)  # every config, cluster-spec and store error surfaces here, before any work
+    params = {**_flow_parameters(args), "cluster": cfg.compute.cluster}
+    compute.resolve_cluster(cfg.compute.cluster, cfg.compute)
+    store = launch.open_store(args.out).child(cfg.run_id)
     # Dask's INFO chatter (worker start/stop, closed comms at shutdown) hides the progress lines.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     from flows.experiment import experiment
-    from flows.runtime import point_workers_at, prefect_api, task_runner
-    from ntkflow.report import versions
-    from ntkflow.store import Store
+    from flows.runtime import prefect_api
 
-    store = Store(args.out).child(cfg.run_id)
-    store.write_text("config.yaml", to_yaml(cfg, provenance=versions()))
     print(f"ntkflow: run {cfg.run_id} → {store.url}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
-    failed = None
     with prefect_api() as (api, embedded):
         print(f"ntkflow: Prefect API {api}{' (embedded)' if embedded else ''}", file=sys.stderr)
-        if cfg.compute.cluster not in ("local", "cuda"):
-            n = point_workers_at(cfg.compute.cluster, api)
+        if embedded and cfg.compute.cluster not in ("local", "cuda"):
             print(
-                f"ntkflow: {n} worker(s) of {cfg.compute.cluster} report to {api}"
-                + (
-                    " (workers on other machines need PREFECT_API_URL set to a reachable server)"
-                    if embedded
-                    else ""
-                ),
+                "ntkflow: workers on other machines need PREFECT_API_URL set to a reachable "
+                "server (the embedded API listens on 127.0.0.1)",
                 file=sys.stderr,
             )
-        try:
-            experiment.with_options(task_runner=task_runner(cfg))(cfg, store.url)
-        except Exception as e:  # noqa: BLE001 - the summary below says what failed
-            failed = e
+        state = experiment(**params, return_state=True)
+    failed = None
+    if not state.is_completed():
+        if isinstance(state.result(raise_on_failure=False), ConfigError):
+            raise state.result(raise_on_failure=False)  # refused before any trial: exit 2
+        failed = state.message
     summary = store.read_json("summary.json")
     if summary is None:
         print(f"ntkflow: the run failed before aggregation: {failed}", file=sys.stderr)

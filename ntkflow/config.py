@@ -40,6 +40,9 @@ class ConfigError(ValueError):
         lines = [f"  {field}: {msg}" for field, msg in errors]
         super().__init__(f"invalid configuration ({len(errors)} problem(s)):\n" + "\n".join(lines))
 
+    def __reduce__(self):  # unpickles from its errors (a failed flow run's state keeps it)
+        return (ConfigError, (self.errors,))
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
