@@ -210,7 +210,7 @@ def kube_cluster_spec(worker_gpus: int = 0, **make_args) -> dict:
     if worker_gpus:
         (worker,) = spec["spec"]["worker"]["spec"]["containers"]
         limits = worker.setdefault("resources", {}).setdefault("limits", {})
-        limits["nvidia.com/gpu"] = worker_gpus
+        limits["nvidia.com/gpu"] = str(worker_gpus)  # the CRD schema types quantities as strings
         worker["args"] += ["--resources", f"GPU={worker_gpus}"]
         (sched,) = spec["spec"]["scheduler"]["spec"]["containers"]
         if sched.get("resources") is worker.get("resources"):  # make_cluster_spec shares it
