@@ -186,7 +186,6 @@ def experiment(
     runner is chosen per flow run, also when the run is retried. Bad input fails the run before
     any trial, naming the field. ``ntkflow run`` calls this same flow.
     """
-    from distributed import Client
     from prefect.settings import PREFECT_API_URL
 
     from flows.runtime import prepare_workers, task_runner_at
@@ -198,11 +197,8 @@ def experiment(
         cfg = launch.build_config(preset, overrides, cluster, kernels_only)
         plan = compute.resolve_cluster(cfg.compute.cluster, cfg.compute)
         launch.open_store(out)
-    except ConfigError as e:
-        return _refused(e)
-    log.info("run %s on %s", cfg.run_id, plan.describe())
-    with compute.start_cluster(plan) as address, Client(address, timeout="60s") as client:
-        try:
+        log.info("run %s on %s", cfg.run_id, plan.describe())
+        with compute.start_cluster(plan) as address, compute.connect(address) as client:
             api = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
             n = prepare_workers(client, api)
             log.info("%d worker(s) of %s report to %s", n, address, api)
@@ -213,11 +209,11 @@ def experiment(
                 compute.check_resources(client, resources)
             store = launch.write_run_config(cfg, out)
             launch.check_workers_see(client, store)
-        except ConfigError as e:
-            return _refused(e)
-        runner = task_runner_at(address)
-        state = run_trials.with_options(task_runner=runner)(
-            cfg, store.url, resources, return_state=True
-        )
+            # a subflow on this cluster; its failures are in its state, never raised here
+            state = run_trials.with_options(task_runner=task_runner_at(address))(
+                cfg, store.url, resources, return_state=True
+            )
+    except ConfigError as e:
+        return _refused(e)
     # the subflow's own message ("1 trial(s) failed: [1]; ..."), not Prefect's "1/1 states failed"
     return Failed(message=state.message) if state.is_failed() else state.result()

@@ -8,7 +8,6 @@ import os
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ntkflow import compute
-from ntkflow.config import Config
 
 STARTUP_TIMEOUT = int(os.environ.get("NTKFLOW_PREFECT_STARTUP_TIMEOUT", "300"))
 
@@ -62,31 +61,18 @@ class PrefectAPIPlugin(WorkerPlugin):
 
 
 def prepare_workers(client, api_url: str | None) -> int:
-    """Point every worker (also those joining later) at the run's Prefect API; how many now."""
+    """Export the run's Prefect API URL into every worker, also those joining later; returns
+    the number of workers connected now.
+
+    Workers started elsewhere (by hand, Slurm, Kubernetes) do not inherit this process's
+    environment; without the URL each one would start a private ephemeral Prefect server and
+    its task runs would be lost to the UI. An embedded API listens on 127.0.0.1, so it reaches
+    workers on this machine only: for workers elsewhere, run `prefect server start` and set
+    PREFECT_API_URL everywhere.
+    """
     if api_url:
         client.register_plugin(PrefectAPIPlugin(api_url))
     return len(compute.worker_resources(client))
-
-
-def point_workers_at(address: str, api_url: str) -> int:
-    """Export the run's Prefect API URL into every worker of an existing Dask cluster.
-
-    Workers started by hand do not inherit this process's environment; without the URL each one
-    would start a private ephemeral Prefect server and its task runs would be lost to the UI.
-    An embedded API listens on 127.0.0.1, so this reaches workers on this machine only: for
-    workers elsewhere, run `prefect server start` and set PREFECT_API_URL everywhere.
-    Returns the number of workers connected now.
-    """
-    from distributed import Client
-
-    with Client(address, timeout="30s") as client:
-        return prepare_workers(client, api_url)
-
-
-def task_runner(cfg: Config):
-    from prefect_dask import DaskTaskRunner
-
-    return DaskTaskRunner(**compute.cluster_spec(cfg.compute))
 
 
 def task_runner_at(address: str):

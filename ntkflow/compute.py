@@ -222,19 +222,38 @@ def kube_cluster_spec(worker_gpus: int = 0, **make_args) -> dict:
 
 @contextlib.contextmanager
 def start_cluster(plan: ClusterPlan):
-    """Start (or join) the plan's cluster; yields its scheduler address, stops what it started."""
+    """Start (or join) the plan's cluster; yields its scheduler address, stops what it started.
+
+    A cluster that cannot start (no GPU for LocalCUDACluster, no ``sbatch``, no Kubernetes
+    access) is a ClusterError naming the plan, not a traceback."""
     if plan.address:
         yield plan.address
         return
     module, _, attr = plan.cluster_class.rpartition(".")
     cls = getattr(_require(module), attr)
-    cluster = cls(**plan.kwargs)
     try:
+        cluster = cls(**plan.kwargs)
         if plan.adapt:
             cluster.adapt(**plan.adapt)
+    except Exception as e:  # noqa: BLE001 - any failure to start is reported the same way
+        raise ClusterError(f"cannot start {plan.describe()}: {type(e).__name__}: {e}") from e
+    try:
         yield cluster.scheduler_address
     finally:
         cluster.close()
+
+
+@contextlib.contextmanager
+def connect(address: str, timeout: str = "60s"):
+    """A Dask client of the scheduler at ``address``; ClusterError when it cannot be reached."""
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=timeout)
+    except (OSError, TimeoutError) as e:
+        raise ClusterError(f"cannot connect to the Dask scheduler {address}: {e}") from e
+    with client:
+        yield client
 
 
 def worker_resources(client) -> dict[str, dict]:

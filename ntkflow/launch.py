@@ -29,8 +29,15 @@ def override_strings(overrides: Overrides) -> list[str]:
     if overrides is None:
         return []
     if isinstance(overrides, str):
-        raise ConfigError([("overrides", f"expected a list of KEY=VALUE strings or a mapping, "
-                            f"got the string {overrides!r}")])  # fmt: skip
+        raise ConfigError(
+            [
+                (
+                    "overrides",
+                    f"expected a list of KEY=VALUE strings or a mapping, "
+                    f"got the string {overrides!r}",
+                )
+            ]
+        )
     if isinstance(overrides, Mapping):
         return [f"{k}={json.dumps(v)}" for k, v in _leaves(overrides)]
     bad = [o for o in overrides if not isinstance(o, str)]

@@ -83,8 +83,14 @@ def postgres(workdir: Path):
     opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c max_connections=200"
     start = [str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-w", "-t", "120", "start"]
     with open(log, "w") as f:
-        subprocess.run(_as_user(start + ["-l", str(data / "server.log")], user), check=True,
-                       stdout=f, stderr=f, env=env, cwd="/")  # fmt: skip
+        subprocess.run(
+            _as_user(start + ["-l", str(data / "server.log")], user),
+            check=True,
+            stdout=f,
+            stderr=f,
+            env=env,
+            cwd="/",
+        )
     try:  # the initial database `postgres` serves Prefect (one server per data directory)
         yield f"postgresql+asyncpg://prefect@127.0.0.1:{port}/postgres"
     finally:
@@ -144,8 +150,9 @@ def prefect_server(workdir: Path, database_url: str | None = None, timeout: floa
     env = base_env(workdir / "server-home", **extra)
     log = open(workdir / "server.log", "w")
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     api = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + timeout
@@ -169,8 +176,14 @@ def prefect_server(workdir: Path, database_url: str | None = None, timeout: floa
 
 def cli(args: list[str], env: dict, timeout: float = 300, check: bool = True):
     """A `prefect` CLI command from the repository root."""
-    res = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=timeout)  # fmt: skip
+    res = subprocess.run(
+        [str(BIN / "prefect"), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and res.returncode != 0:
         raise RuntimeError(f"prefect {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
     return res

@@ -57,7 +57,7 @@ def test_check_resources_accepts_a_worker_that_declares_them():
             resources={"GPU": 1},
             processes=False,
             dashboard_address=":0",
-        ) as cluster,  # fmt: skip
+        ) as cluster,
         Client(cluster) as client,
     ):
         assert compute.cluster_has_gpus(client)

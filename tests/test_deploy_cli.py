@@ -1,8 +1,9 @@
 """`ntkflow run` and the deployment share one flow: same parameters, same run folder; bad
 clusters and stores fail with one clear error, exit status 2 and no run folder."""
 
-import argparse
+import inspect
 import json
+import os
 
 import pytest
 import yaml
@@ -17,8 +18,20 @@ SMOKE = ["run", "--preset", "smoke", "--set", "compute.n_workers=1"]
 def test_cli_flags_become_flow_parameters_of_the_same_run(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(yaml.safe_dump({"trials": 3, "networks": {"width": 32}}))
-    argv = ["run", "--preset", "smoke", "--config", str(cfg_file), "--set", "seed=4",
-            "--formulas", "published", "--workers", "2", "--kernels-only"]  # fmt: skip
+    argv = [
+        "run",
+        "--preset",
+        "smoke",
+        "--config",
+        str(cfg_file),
+        "--set",
+        "seed=4",
+        "--formulas",
+        "published",
+        "--workers",
+        "2",
+        "--kernels-only",
+    ]
     args = _parser().parse_args(argv)
     params = _flow_parameters(args)
     assert set(params) == {"preset", "overrides", "out", "cluster", "kernels_only"}
@@ -63,14 +76,18 @@ def test_spec_of_a_missing_extra(tmp_path, run_cli):
     stub = tmp_path / "stub/dask_jobqueue"
     stub.mkdir(parents=True)
     (stub / "__init__.py").write_text("raise ImportError(\"No module named 'dask_jobqueue'\")\n")
-    import os
-
     from conftest import ROOT
 
     pythonpath = os.pathsep.join([str(tmp_path / "stub"), str(ROOT)])
     out = tmp_path / "runs"
-    res = run_cli(*SMOKE, "--out", str(out), "--cluster", "deploy/slurm-gpu.yaml",
-                  env={"PYTHONPATH": pythonpath})  # fmt: skip
+    res = run_cli(
+        *SMOKE,
+        "--out",
+        str(out),
+        "--cluster",
+        "deploy/slurm-gpu.yaml",
+        env={"PYTHONPATH": pythonpath},
+    )
     _refused(res, out, "dask_jobqueue is not installed", "pip install 'ntkflow[slurm]'")
 
 
@@ -108,10 +125,8 @@ def test_store_the_workers_cannot_reach(tmp_path, run_cli):
 
 
 def test_flow_parameters_defaults_are_the_cli_defaults():
-    args = _parser().parse_args(["run"])
-    params = _flow_parameters(argparse.Namespace(**vars(args)))
     from flows.experiment import experiment
 
-    defaults = {k: v.default for k, v in __import__("inspect").signature(experiment.fn)
-                .parameters.items()}  # fmt: skip
+    params = _flow_parameters(_parser().parse_args(["run"]))
+    defaults = {k: v.default for k, v in inspect.signature(experiment.fn).parameters.items()}
     assert params["preset"] == defaults["preset"] and params["out"] == defaults["out"]

@@ -37,8 +37,11 @@ def _worker_class(pool_type: str):
     return mod.KubernetesWorker
 
 
-POOL_TYPES = {"ntkflow-process": "process", "ntkflow-docker": "docker", "ntkflow-kubernetes":
-              "kubernetes"}  # fmt: skip
+POOL_TYPES = {
+    "ntkflow-process": "process",
+    "ntkflow-docker": "docker",
+    "ntkflow-kubernetes": "kubernetes",
+}
 
 
 def _deployments() -> list[dict]:
@@ -129,7 +132,7 @@ def test_compose_spec_check_catches_a_typo(tmp_path):
             "--builtin-schema",
             "vendor.compose-spec",
             str(tmp_path / "compose.yaml"),
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
     )
@@ -151,8 +154,13 @@ def test_compose_file_with_docker_compose_config(tmp_path):
     assert res.returncode == 0, res.stderr
     resolved = yaml.safe_load(res.stdout)
     services = resolved["services"]
-    assert {"postgres", "prefect-server", "prefect-worker", "dask-scheduler",
-            "dask-gpu-worker"} <= set(services)  # fmt: skip
+    assert {
+        "postgres",
+        "prefect-server",
+        "prefect-worker",
+        "dask-scheduler",
+        "dask-gpu-worker",
+    } <= set(services)
     (dev,) = services["dask-gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert dev["capabilities"] == ["gpu"]
     db = services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
@@ -164,8 +172,9 @@ def test_compose_file_with_docker_compose_config(tmp_path):
 
 def test_dockerfile_passes_hadolint(tmp_path):
     hadolint = _tool("hadolint")
-    res = subprocess.run([hadolint, str(ROOT / "docker/Dockerfile")], capture_output=True,
-                         text=True)  # fmt: skip
+    res = subprocess.run(
+        [hadolint, str(ROOT / "docker/Dockerfile")], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM ubuntu\nRUN apt-get install python3\n")
