@@ -1,6 +1,6 @@
 """Deployment latency and Prefect server backends under 50 concurrent trial tasks.
 
-    python benchmarks/deployment.py [--trials 50] [--workers 8] [--repeats 2] [--json PATH]
+    python benchmarks/deployment.py [--trials 50] [--workers 4] [--repeats 2] [--json PATH]
 
 1. Latency: PostgreSQL → `prefect server` → process pool → `prefect deploy` of
    deploy/prefect.yaml → `prefect worker start` (default poll interval, 10 s unless
@@ -77,6 +77,7 @@ def latency(work: Path) -> dict:
             first = min(_ts(t["start_time"]) for t in tasks if t["name"].startswith("trial-"))
             return {
                 "state": run["state"]["type"],
+                "message": run["state"]["message"],
                 "worker_poll_s": float(env.get("PREFECT_WORKER_QUERY_SECONDS", 10)),
                 "to_flow_run_start_s": _ts(run["start_time"]) - t0,
                 "to_first_trial_task_s": first - t0,
@@ -106,13 +107,15 @@ def backend(work: Path, name: str, trials: int, workers: int) -> dict:
             "--workers",
             str(workers),
             "--out",
-            str(work / f"runs-{i}"),
+            str(work / f"runs-{name}-{i}"),
         ]
+        before = {f["id"] for f in S.api_post(api, "flow_runs/filter", {"limit": 200})}
         t0 = time.perf_counter()
         res = subprocess.run(cmd, env=env, cwd=S.ROOT, capture_output=True, text=True)
         wall = time.perf_counter() - t0
-        flows = S.api_post(api, "flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 2})
-        ids = [f["id"] for f in flows]
+        # this command's flow runs (experiment + trials): the ones that were not there before
+        ids = [f["id"] for f in S.api_post(api, "flow_runs/filter", {"limit": 200})]
+        ids = [i for i in ids if i not in before]
         tasks = S.api_post(
             api, "task_runs/filter", {"flow_runs": {"id": {"any_": ids}}, "limit": 200}
         )
@@ -121,6 +124,7 @@ def backend(work: Path, name: str, trials: int, workers: int) -> dict:
         for t in trial_tasks:
             states[t["state_type"]] = states.get(t["state_type"], 0) + 1
         return {
+            "flow_runs": len(ids),
             "rc": res.returncode,
             "wall_s": wall,
             "trial_task_runs": len(trial_tasks),
@@ -145,7 +149,7 @@ def main() -> None:
     global REPEATS
     p = argparse.ArgumentParser()
     p.add_argument("--trials", type=int, default=50)
-    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--workers", type=int, default=4)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--json", default=str(HERE / "results" / "deployment.json"))

@@ -215,5 +215,7 @@ def experiment(
             )
     except ConfigError as e:
         return _refused(e)
+    if state.is_completed():
+        return state.result()
     # the subflow's own message ("1 trial(s) failed: [1]; ..."), not Prefect's "1/1 states failed"
-    return Failed(message=state.message) if state.is_failed() else state.result()
+    return Failed(message=state.message)
