@@ -119,3 +119,22 @@ def _seconds(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.parametrize(
+    "pool, kind", [("ntkflow-docker", "docker"), ("ntkflow-kubernetes", "kubernetes")]
+)
+def test_docker_and_kubernetes_deployments_register(stack, pool, kind):
+    """The server accepts the other two deployments against real pools of their types (it
+    checks job variables against the pool's base job template); nothing runs them here."""
+    pytest.importorskip(f"prefect_{kind}", reason=f"needs prefect-{kind} (the cluster extra)")
+    api, env = stack["api"], {**stack["env"], "NTKFLOW_IMAGE": "ntkflow:test"}
+    S.cli(["work-pool", "create", pool, "--type", kind], env)
+    S.cli(["deploy", "--prefect-file", "deploy/prefect.yaml", "--name", pool, "--no-prompt"], env)
+    (dep,) = S.api_post(api, "deployments/filter", {"deployments": {"name": {"any_": [pool]}}})
+    assert dep["job_variables"]["image"] == "ntkflow:test"
+    assert dep["job_variables"]["env"]["PREFECT_API_URL"].startswith("http://prefect-server")
+    assert dep["parameters"]["cluster"] != "local"
+    assert dep["pull_steps"][0]["prefect.deployments.steps.set_working_directory"] == {
+        "directory": "/opt/ntkflow"
+    }
