@@ -59,47 +59,38 @@ def postgres(workdir: Path):
     if user:
         shutil.chown(data, user)
     port = free_port()
-    log = workdir / "postgres.log"
     env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
-    subprocess.run(
-        _as_user(
-            [
-                str(bindir / "initdb"),
+
+    def pg(*args, **kw):
+        return subprocess.run(_as_user(list(args), user), env=env, cwd="/", text=True, **kw)
+
+    init = [str(bindir / "initdb"), "-D", str(data), "-U", "prefect", "--auth=trust", "-E", "UTF8"]
+    opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    try:  # everything after mkdtemp: the server is stopped even if its start timed out
+        res = pg(*init, capture_output=True)
+        if res.returncode:
+            raise RuntimeError(f"initdb failed: {res.stdout}{res.stderr}")
+        with open(workdir / "postgres.log", "w") as f:
+            pg(
+                str(bindir / "pg_ctl"),
                 "-D",
                 str(data),
-                "-U",
-                "prefect",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-            ],
-            user,
-        ),
-        check=True,
-        capture_output=True,
-        env=env,
-        cwd="/",
-    )
-    opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c max_connections=200"
-    start = [str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-w", "-t", "120", "start"]
-    with open(log, "w") as f:
-        subprocess.run(
-            _as_user(start + ["-l", str(data / "server.log")], user),
-            check=True,
-            stdout=f,
-            stderr=f,
-            env=env,
-            cwd="/",
-        )
-    try:  # the initial database `postgres` serves Prefect (one server per data directory)
+                "-o",
+                opts,
+                "-w",
+                "-t",
+                "120",
+                "-l",
+                str(data / "server.log"),
+                "start",
+                check=True,
+                stdout=f,
+                stderr=f,
+            )
+        # the initial database `postgres` serves Prefect (one server per data directory)
         yield f"postgresql+asyncpg://prefect@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(
-            _as_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], user),
-            capture_output=True,
-            env=env,
-            cwd="/",
-        )
+        pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop", capture_output=True)
         with contextlib.suppress(OSError):
             shutil.copy(data / "server.log", workdir / "postgres-server.log")
         shutil.rmtree(data, ignore_errors=True)
