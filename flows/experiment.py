@@ -214,8 +214,11 @@ def _dask_client():
     return client
 
 
-def _gpu_annotation() -> dict:
-    """Dask resource annotation for training tasks when the cluster declares GPUs."""
+def _gpu_annotation(resources: dict | None = None) -> dict:
+    """Dask resource annotation for training tasks: ``resources`` when given (the cluster plan's,
+    checked against the workers by the flow ``experiment``), else GPU=1 when workers declare it."""
+    if resources is not None:
+        return {"resources": resources} if resources else {}
     try:
         return {"resources": {"GPU": 1}} if compute.cluster_has_gpus(_dask_client()) else {}
     except ValueError:  # no client: not on Dask
@@ -375,7 +378,9 @@ def _is_done(fut) -> bool:
     return fut.state.is_final()
 
 
-def _run_trials(cfg: Config, out: str, store: Store, todo: list[int], versions: dict, progress):
+def _run_trials(
+    cfg: Config, out: str, store: Store, todo: list[int], versions: dict, progress, resources
+):
     """Submit each trial's steps as the previous one ends (kernels → each network's training →
     its theory → the result); a step after a failed one still runs as a task that ends at once
     in a Failed state naming the failure (nothing stays Pending)."""
@@ -390,7 +395,7 @@ def _run_trials(cfg: Config, out: str, store: Store, todo: list[int], versions: 
 
     def submit(k: int, step: str, spec, error: str | None) -> None:
         if step == "train":
-            with dask.annotate(**_gpu_annotation()):
+            with dask.annotate(**_gpu_annotation(resources)):
                 fut = train_task.submit(cfg, out, k, spec.depth, spec.width, error)
         elif step == "theory":
             fut = theory_task.submit(cfg, out, k, spec.depth, spec.width, error)
@@ -440,9 +445,13 @@ def _upstream_error(state, name: str, failed, k: int) -> str:
     return failed(k, name, state)
 
 
-@flow(name="experiment", log_prints=True)
-def experiment(cfg: Config, out: str) -> dict:
-    """Every trial of ``cfg`` into the run folder ``out``, then the aggregate."""
+@flow(name="trials", log_prints=True)
+def run_trials(cfg: Config, out: str, train_resources: dict | None = None) -> dict:
+    """Every trial of ``cfg`` into the run folder ``out``, then the aggregate.
+
+    Runs as a subflow of ``experiment``, which picks its Dask task runner per flow run;
+    ``train_resources`` are the Dask resources of a training task (None: GPU=1 where workers
+    declare GPUs)."""
     log = get_run_logger()
     runtime.reclaim_signals()  # SIGTERM stops the run at once (ntkflow run only)
     store = Store(out)
@@ -466,7 +475,7 @@ def experiment(cfg: Config, out: str) -> dict:
         store.url,
     )
     progress = _Progress(cfg, out, len(trials) - len(todo), log)
-    _run_trials(cfg, out, store, todo, versions, progress)
+    _run_trials(cfg, out, store, todo, versions, progress, train_resources)
     progress.update()
 
     run_info = {
@@ -494,3 +503,78 @@ def experiment(cfg: Config, out: str) -> dict:
         # A Failed state, not an exception: the run is marked failed without a traceback.
         return Failed(message=msg)
     return summary
+
+
+def run_name(cfg: Config, preset: str) -> str:
+    return f"{cfg.run_id}-{preset}-{cfg.formulas}"
+
+
+def run_tags(cfg: Config, preset: str) -> tuple[str, ...]:
+    return (f"run:{cfg.run_id}", f"preset:{preset}", f"formulas:{cfg.formulas}")
+
+
+def _refused(e: Exception):
+    """A Failed state naming the bad input; the error itself is its data (the CLI exits 2)."""
+    get_run_logger().error("%s", e)
+    return Failed(message=str(e), data=e)
+
+
+@flow(name="experiment", log_prints=True)
+def experiment(
+    preset: str = "quick",
+    overrides: list[str] | dict | None = None,
+    out: str = "runs",
+    cluster: str = "local",
+    kernels_only: bool = False,
+):
+    """An experiment from what a person types: preset, ``a.b=VALUE`` overrides (or a mapping),
+    the store, the Dask cluster (local, cuda, a scheduler address or a deploy/*.yaml spec).
+
+    Builds and validates the config, checks the cluster and the store, writes the run folder's
+    ``config.yaml`` and runs the trials as the subflow ``trials`` on that cluster, so the task
+    runner is chosen per flow run, also when the run is retried. Bad input fails the run before
+    any trial, naming the field. ``ntkflow run`` calls this same flow.
+    """
+    from prefect import tags
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.runtime import prepare_workers, task_runner_at
+    from ntkflow import launch
+    from ntkflow.config import ConfigError
+
+    log = get_run_logger()
+    try:
+        cfg = launch.build_config(preset, overrides, cluster, kernels_only)
+        plan = compute.resolve_cluster(cfg.compute.cluster, cfg.compute)
+        store = launch.open_store(out).child(cfg.run_id)
+        log.info("run %s on %s", cfg.run_id, plan.describe())
+        with compute.start_cluster(plan) as address, compute.connect(address) as client:
+            api = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+            n = prepare_workers(client, api)
+            log.info("%d worker(s) of %s report to %s", n, address, api)
+            resources = plan.train_resources
+            if resources is None:  # an existing scheduler: use GPUs where workers declare them
+                resources = {"GPU": 1} if compute.cluster_has_gpus(client) else {}
+            if cfg.networks.enabled:
+                compute.check_resources(client, resources)
+            # A subflow on this cluster (its failures are in its state, never raised here);
+            # it checks that the workers share the store, then writes config.yaml. Runs of one
+            # experiment are found together in the UI: named and tagged by run id, preset and
+            # formulas.
+            trials = run_trials.with_options(
+                task_runner=task_runner_at(address), flow_run_name=run_name(cfg, preset)
+            )
+            with tags(*run_tags(cfg, preset)):
+                state = trials(cfg, store.url, resources, return_state=True)
+    except ConfigError as e:
+        return _refused(e)
+    if state.is_completed():
+        return state.result()
+    try:
+        error = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - no result stored: the message says why
+        error = None
+    if isinstance(error, (ConfigError, preflight.PlaceError)):  # bad input: the CLI exits 2
+        return _refused(error)
+    # the subflow's own message ("1 trial(s) failed: [1]; ..."), not Prefect's "1/1 states failed"
+    return Failed(message=state.message)

@@ -10,7 +10,6 @@ import sys
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ntkflow import compute
-from ntkflow.config import Config
 
 STARTUP_TIMEOUT = int(os.environ.get("NTKFLOW_PREFECT_STARTUP_TIMEOUT", "300"))
 
@@ -63,26 +62,26 @@ class PrefectAPIPlugin(WorkerPlugin):
         os.environ["PREFECT_API_URL"] = self.api_url
 
 
-def point_workers_at(address: str, api_url: str, timeout: float = 30.0) -> int:
-    """Export the run's Prefect API URL into every worker of an existing Dask cluster.
+def prepare_workers(client, api_url: str | None) -> int:
+    """Export the run's Prefect API URL into every worker, also those joining later; returns
+    the number of workers connected now.
 
-    Workers started by hand do not inherit this process's environment; without the URL each one
-    would start a private ephemeral Prefect server and its task runs would be lost to the UI.
-    An embedded API listens on 127.0.0.1, so this reaches workers on this machine only: for
-    workers elsewhere, run `prefect server start` and set PREFECT_API_URL everywhere.
-    Returns the number of workers connected now.
+    Workers started elsewhere (by hand, Slurm, Kubernetes) do not inherit this process's
+    environment; without the URL each one would start a private ephemeral Prefect server and
+    its task runs would be lost to the UI. An embedded API listens on 127.0.0.1, so it reaches
+    workers on this machine only: for workers elsewhere, run `prefect server start` and set
+    PREFECT_API_URL everywhere.
     """
-    from distributed import Client
-
-    with Client(address, timeout=f"{timeout}s") as client:
+    if api_url:
         client.register_plugin(PrefectAPIPlugin(api_url))
-        return len(client.scheduler_info()["workers"])
+    return len(compute.worker_resources(client))
 
 
-def task_runner(cfg: Config):
+def task_runner_at(address: str):
+    """The Dask task runner of a flow run on the cluster already started at ``address``."""
     from prefect_dask import DaskTaskRunner
 
-    return DaskTaskRunner(**compute.cluster_spec(cfg.compute))
+    return DaskTaskRunner(address=address)
 
 
 INTERRUPTED = "interrupted; rerun to resume"

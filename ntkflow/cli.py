@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--cluster",
         default=None,
-        help="local (default) | cuda | ADDRESS of an existing Dask scheduler",
+        help="local (default) | cuda | ADDRESS of an existing Dask scheduler | deploy/SPEC.yaml",
     )
     r.add_argument("--workers", type=int, default=None, help="worker processes (local/cuda)")
     r.add_argument("--formulas", choices=["exact", "published"], default=None)
@@ -114,8 +114,32 @@ def _load(args):
     return load_config(args.preset, args.config, args.sets, **explicit)
 
 
+def _flow_parameters(args) -> dict:
+    """The parameters of the flow ``experiment`` that reproduce this command's config."""
+    from ntkflow.launch import file_overrides
+
+    sets = file_overrides(args.config) if args.config else []
+    sets += args.sets
+    if args.formulas:
+        sets.append(f"formulas={args.formulas}")
+    if args.workers is not None:
+        sets.append(f"compute.n_workers={args.workers}")
+    return {
+        "preset": args.preset or DEFAULT_PRESET,
+        "overrides": sets,
+        "out": args.out,
+        "cluster": args.cluster,
+        "kernels_only": args.kernels_only,
+    }
+
+
 def cmd_run(args) -> int:
-    cfg = _load(args)  # every config error surfaces here, before any work
+    from ntkflow import compute, launch
+
+    cfg = _load(args)  # every config, cluster-spec and store error surfaces here, before any work
+    params = {**_flow_parameters(args), "cluster": cfg.compute.cluster}
+    compute.resolve_cluster(cfg.compute.cluster, cfg.compute)
+    store = launch.open_store(args.out).child(cfg.run_id)
     # Dask's INFO chatter (worker start/stop, closed comms at shutdown) hides the progress lines.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     from flows.runtime import exit_on_signals
@@ -128,40 +152,29 @@ def cmd_run(args) -> int:
     check_out(args.out)
     from prefect import tags
 
-    from flows.experiment import experiment
-    from flows.runtime import point_workers_at, prefect_api, task_runner
-    from ntkflow.store import Store
+    from flows.experiment import experiment, run_name, run_tags
+    from flows.runtime import prefect_api
 
-    store = Store(args.out).child(cfg.run_id)
     print(f"ntkflow: run {cfg.run_id} → {store.url}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     failed = None
-    preset = args.preset or DEFAULT_PRESET
     with prefect_api() as (api, embedded):
         print(f"ntkflow: Prefect API {api}{' (embedded)' if embedded else ''}", file=sys.stderr)
-        if cfg.compute.cluster not in ("local", "cuda"):
-            n = point_workers_at(cfg.compute.cluster, api, cfg.compute.connect_timeout)
+        if embedded and cfg.compute.cluster not in ("local", "cuda"):
             print(
-                f"ntkflow: {n} worker(s) of {cfg.compute.cluster} report to {api}"
-                + (
-                    " (workers on other machines need PREFECT_API_URL set to a reachable server)"
-                    if embedded
-                    else ""
-                ),
+                "ntkflow: workers on other machines need PREFECT_API_URL set to a reachable "
+                "server (the embedded API listens on 127.0.0.1)",
                 file=sys.stderr,
             )
-        # Runs of one experiment are found together in the UI: named and tagged by run id,
-        # preset and formulas.
-        run_name = f"{cfg.run_id}-{preset}-{cfg.formulas}"
-        flow = experiment.with_options(task_runner=task_runner(cfg), flow_run_name=run_name)
-        with tags(f"run:{cfg.run_id}", f"preset:{preset}", f"formulas:{cfg.formulas}"):
-            state = flow(cfg, store.url, return_state=True)
+        flow = experiment.with_options(flow_run_name=run_name(cfg, params["preset"]))
+        with tags(*run_tags(cfg, params["preset"])):
+            state = flow(**params, return_state=True)
         if not state.is_completed():
             try:
                 failed = state.result(raise_on_failure=False)
             except Exception as e:  # noqa: BLE001 - no result stored: the state says why
                 failed = e
-            if isinstance(failed, PlaceError):  # the workers cannot use the store: exit 2
+            if isinstance(failed, (ConfigError, PlaceError)):  # refused before any trial: exit 2
                 raise failed
             failed = state.message or failed or state.name
     summary = store.read_json("summary.json")

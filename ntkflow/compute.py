@@ -1,16 +1,39 @@
 """Backend choice: array namespace, torch device, and the Dask cluster behind a run.
 
-``--cluster local`` (default) starts a ``distributed.LocalCluster`` of worker processes;
-``--cluster cuda`` a ``dask_cuda.LocalCUDACluster`` with one worker per GPU, each declaring the
-resource ``GPU=1``; anything else is the address of an existing scheduler. CuPy and dask-cuda
-are imported only on those paths, with a clear message when missing.
+``--cluster`` (or the deployment parameter ``cluster``) names the Dask cluster:
+
+- ``local`` (default): a ``distributed.LocalCluster`` of worker processes, one per CPU this
+  process may run on (its affinity, which Slurm and cgroups restrict), on the CPU only: the
+  workers see no GPU, because several workers of one machine would otherwise all train on
+  ``cuda:0``;
+- ``cuda``: a ``dask_cuda.LocalCUDACluster``, one worker per GPU, each declaring ``GPU=1``;
+- a cluster spec file (``deploy/*.yaml``): a cluster class with its arguments (dask-cuda,
+  dask-jobqueue's ``SLURMCluster``, the dask-kubernetes operator's ``KubeCluster``), adaptive
+  bounds and the Dask resources a training task needs (see :func:`load_spec`);
+- anything else with ``://`` or ``host:port``: the address of an existing scheduler.
+
+GPU placement goes through declared Dask resources only: a training task runs on a GPU when it
+is annotated ``GPU=1`` and a worker declares that resource. A run whose trainings need a
+resource no connected worker declares fails at once (:func:`check_resources`) instead of
+waiting forever, which is what Dask does with unsatisfiable resource restrictions.
+
+Cluster classes come from optional extras and are imported only here, with the extra to
+install named in the error. No Prefect import here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import logging
 import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from ntkflow.config import ComputeConfig
+import yaml
+
+from ntkflow.config import ComputeConfig, ConfigError
 
 # Single-threaded math libraries in each worker process: parallelism comes from the workers.
 _THREAD_VARS = (
@@ -19,49 +42,100 @@ _THREAD_VARS = (
     "MKL_NUM_THREADS",
     "NTKFLOW_KERNEL_THREADS",
 )
+# The optional extra that provides each cluster module (pyproject.toml).
+EXTRAS = {"dask_cuda": "gpu", "dask_jobqueue": "slurm", "dask_kubernetes": "k8s"}
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
+SPEC_KEYS = {"class", "kwargs", "adapt", "train_resources", "kubernetes"}
 
 
-class MissingGPUStack(RuntimeError):
-    pass
+class ClusterError(ConfigError):
+    """A cluster that cannot be used: unknown name or spec, missing extra, missing resources."""
+
+    def __init__(self, message: str):
+        super().__init__([("cluster", message)])
+
+    def __reduce__(self):
+        return (ClusterError, (self.errors[0][1],))
 
 
-def _require(module: str, extra: str = "gpu"):
-    import importlib
+# Kept for callers that catch the old name.
+MissingGPUStack = ClusterError
 
+
+def _require(module: str, why: str = ""):
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise MissingGPUStack(
-            f"{module} is not installed: `pip install 'ntkflow[{extra}]'` on a machine with "
-            f"NVIDIA GPUs ({e})"
-        ) from e
+        top = module.split(".")[0]
+        extra = EXTRAS.get(top)
+        hint = f"`pip install 'ntkflow[{extra}]'`" if extra else f"install {top}"
+        raise ClusterError(f"{why}{top} is not installed: {hint} ({e})") from e
 
 
 def worker_env(threads_per_worker: int) -> dict[str, str]:
     return {v: str(threads_per_worker) for v in _THREAD_VARS}
 
 
-def default_workers() -> int:
-    return max(1, os.cpu_count() or 1)
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (Slurm, cgroups, taskset), not the host's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
 
 
-def cluster_spec(compute: ComputeConfig) -> dict:
-    """Keyword arguments for prefect_dask.DaskTaskRunner (address or cluster class + kwargs)."""
-    c = compute.cluster
+def default_workers(threads_per_worker: int = 1) -> int:
+    return max(1, available_cpus() // max(1, threads_per_worker))
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """How to get the cluster of a run, before starting anything.
+
+    ``cluster_class`` + ``kwargs`` (+ ``adapt``) start a cluster; ``address`` joins one.
+    ``train_resources`` are the Dask resources every training task is annotated with; None
+    means "GPU=1 if the connected workers declare GPUs, else none" (an existing scheduler).
+    """
+
+    name: str
+    cluster_class: str | None = None
+    kwargs: dict = field(default_factory=dict)
+    adapt: dict | None = None
+    address: str | None = None
+    train_resources: dict | None = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.address:
+            return f"existing scheduler {self.address}"
+        bounds = f", adaptive {self.adapt}" if self.adapt else ""
+        return f"{self.cluster_class} ({self.name}{bounds})"
+
+
+def resolve_cluster(name: str, compute: ComputeConfig | None = None) -> ClusterPlan:
+    """The plan for ``local``, ``cuda``, a spec file or a scheduler address; ClusterError if none.
+
+    Every check that needs no running cluster happens here: unknown names, unreadable or
+    invalid spec files, missing optional extras.
+    """
+    compute = compute or ComputeConfig()
     env = worker_env(compute.threads_per_worker)
-    if c == "local":
-        return {
-            "cluster_class": "distributed.LocalCluster",
-            "cluster_kwargs": {
-                "n_workers": compute.n_workers or default_workers(),
+    if name == "local":
+        return ClusterPlan(
+            name,
+            "distributed.LocalCluster",
+            {
+                "n_workers": compute.n_workers or default_workers(compute.threads_per_worker),
                 "threads_per_worker": compute.threads_per_worker,
                 "processes": True,
                 "dashboard_address": ":0",
-                "env": env,
+                # CPU only: GPUs are used through declared resources (--cluster cuda), never by
+                # several workers landing on cuda:0 together.
+                "env": {**env, "CUDA_VISIBLE_DEVICES": ""},
             },
-        }
-    if c == "cuda":
-        _require("dask_cuda")
+        )
+    if name == "cuda":
+        _require("dask_cuda", "--cluster cuda: ")
         kwargs = {
             "threads_per_worker": compute.threads_per_worker,
             "resources": {"GPU": 1},
@@ -70,14 +144,169 @@ def cluster_spec(compute: ComputeConfig) -> dict:
         }
         if compute.n_workers:
             kwargs["n_workers"] = compute.n_workers
-        return {"cluster_class": "dask_cuda.LocalCUDACluster", "cluster_kwargs": kwargs}
-    return {"address": c}
+        return ClusterPlan(name, "dask_cuda.LocalCUDACluster", kwargs, None, None, {"GPU": 1})
+    if re.fullmatch(r"[a-z]+://.+|[\w.-]+:\d+", name) and not name.endswith((".yaml", ".yml")):
+        return ClusterPlan(name, address=name, train_resources=None)
+    return load_spec(name, compute)
+
+
+def _find_spec(name: str) -> Path:
+    p = Path(name).expanduser()
+    for cand in (p, ROOT / p, ROOT / "deploy" / p, ROOT / "deploy" / f"{name}.yaml"):
+        if cand.is_file():
+            return cand
+    specs = sorted(str(s.relative_to(ROOT)) for s in (ROOT / "deploy").glob("*.yaml"))
+    specs = [s for s in specs if not s.endswith("prefect.yaml")]
+    raise ClusterError(
+        f"unknown cluster {name!r}: expected local, cuda, a scheduler address "
+        f"(tcp://host:8786) or a cluster spec file ({', '.join(specs) or 'deploy/*.yaml'}); "
+        f"no file {name!r} found"
+    )
+
+
+def load_spec(name: str, compute: ComputeConfig | None = None) -> ClusterPlan:
+    """A cluster spec file::
+
+        class: dask_jobqueue.SLURMCluster      # dotted path of a Dask cluster class
+        kwargs: {...}                          # its keyword arguments
+        adapt: {minimum: 0, maximum: 8}        # optional: cluster.adapt(**adapt)
+        train_resources: {GPU: 1}              # Dask resources each training task needs
+        kubernetes: {...}                      # KubeCluster only: make_cluster_spec arguments
+                                               #   plus worker_gpus (GPU limit, workers only)
+
+    The class is imported here, so a missing extra is reported before anything starts.
+    """
+    compute = compute or ComputeConfig()
+    path = _find_spec(name)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ClusterError(f"cannot read cluster spec {str(path)!r}: {e}") from e
+    if not isinstance(spec, dict) or not isinstance(spec.get("class"), str):
+        raise ClusterError(f"{str(path)!r}: a cluster spec is a mapping with a 'class' key")
+    unknown = sorted(set(spec) - SPEC_KEYS)
+    if unknown:
+        raise ClusterError(f"{str(path)!r}: unknown key(s) {unknown}; valid: {sorted(SPEC_KEYS)}")
+    cls = spec["class"]
+    module, _, attr = cls.rpartition(".")
+    if not hasattr(_require(module, f"{path.name}: "), attr):
+        raise ClusterError(f"{str(path)!r}: {module} has no cluster class {attr!r}")
+    kwargs = dict(spec.get("kwargs") or {})
+    if "kubernetes" in spec:
+        kwargs["custom_cluster_spec"] = kube_cluster_spec(**spec["kubernetes"])
+    adapt = spec.get("adapt")
+    if adapt is not None and (not isinstance(adapt, dict) or set(adapt) - {"minimum", "maximum"}):
+        raise ClusterError(f"{str(path)!r}: adapt takes {{minimum, maximum}}, got {adapt!r}")
+    resources = spec.get("train_resources") or {}
+    if not isinstance(resources, dict):
+        raise ClusterError(f"{str(path)!r}: train_resources must be a mapping like {{GPU: 1}}")
+    return ClusterPlan(str(path), cls, kwargs, adapt, None, resources)
+
+
+def kube_cluster_spec(worker_gpus: int = 0, **make_args) -> dict:
+    """A DaskCluster resource from dask-kubernetes' ``make_cluster_spec`` whose *worker* pods
+    (only) request ``worker_gpus`` NVIDIA GPUs and declare the Dask resource ``GPU`` to match;
+    the scheduler pod gets no GPU."""
+    make_cluster_spec = _require("dask_kubernetes.operator").make_cluster_spec
+    spec = make_cluster_spec(**make_args)
+    if worker_gpus:
+        (worker,) = spec["spec"]["worker"]["spec"]["containers"]
+        limits = worker.setdefault("resources", {}).setdefault("limits", {})
+        limits["nvidia.com/gpu"] = str(worker_gpus)  # the CRD schema types quantities as strings
+        worker["args"] += ["--resources", f"GPU={worker_gpus}"]
+        (sched,) = spec["spec"]["scheduler"]["spec"]["containers"]
+        if sched.get("resources") is worker.get("resources"):  # make_cluster_spec shares it
+            sched["resources"] = {k: dict(v) for k, v in worker["resources"].items()}
+        for section in sched.get("resources", {}).values():
+            section.pop("nvidia.com/gpu", None)
+    return spec
+
+
+@contextlib.contextmanager
+def start_cluster(plan: ClusterPlan):
+    """Start (or join) the plan's cluster; yields its scheduler address, stops what it started.
+
+    A cluster that cannot start (no GPU for LocalCUDACluster, no ``sbatch``, no Kubernetes
+    access) is a ClusterError naming the plan, not a traceback."""
+    if plan.address:
+        yield plan.address
+        return
+    module, _, attr = plan.cluster_class.rpartition(".")
+    cls = getattr(_require(module), attr)
+    try:
+        cluster = cls(**plan.kwargs)
+        if plan.adapt:
+            cluster.adapt(**plan.adapt)
+    except Exception as e:  # noqa: BLE001 - any failure to start is reported the same way
+        raise ClusterError(f"cannot start {plan.describe()}: {type(e).__name__}: {e}") from e
+    try:
+        yield cluster.scheduler_address
+    finally:
+        # A slow shutdown (workers busy exiting on a loaded machine) must not fail a run whose
+        # results are all written: log it and go on.
+        try:
+            cluster.close()
+        except Exception as e:  # noqa: BLE001
+            log.warning("closing %s: %s: %s", plan.describe(), type(e).__name__, e)
+
+
+@contextlib.contextmanager
+def connect(address: str, timeout: str = "60s"):
+    """A Dask client of the scheduler at ``address``; ClusterError when it cannot be reached."""
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=timeout)
+    except (OSError, TimeoutError) as e:
+        raise ClusterError(f"cannot connect to the Dask scheduler {address}: {e}") from e
+    with client:
+        yield client
+
+
+def worker_resources(client) -> dict[str, dict]:
+    """The declared resources of every worker connected now, by worker address."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    return {addr: dict(w.get("resources") or {}) for addr, w in workers.items()}
 
 
 def cluster_has_gpus(client) -> bool:
     """Whether any worker of the connected cluster declares the GPU resource."""
-    info = client.scheduler_info()
-    return any("GPU" in w.get("resources", {}) for w in info.get("workers", {}).values())
+    return any("GPU" in r for r in worker_resources(client).values())
+
+
+def check_resources(client, required: dict) -> None:
+    """Fail fast when no connected worker declares every resource in ``required``.
+
+    A Dask task restricted to resources no worker has waits forever; checking the scheduler's
+    workers first turns that hang into an error. With no worker connected yet (an adaptive
+    cluster scaling up from zero) there is nothing to check: the cluster's own workers, started
+    from the same spec, declare what the spec says.
+    """
+    if not required:
+        return
+    workers = worker_resources(client)
+    if not workers:
+        return
+    ok = [a for a, r in workers.items() if all(r.get(k, 0) >= v for k, v in required.items())]
+    if not ok:
+        declared = sorted({f"{k}={v}" for r in workers.values() for k, v in r.items()})
+        raise ClusterError(
+            f"training tasks need Dask resources {required} but none of the {len(workers)} "
+            f"connected worker(s) declares them (declared: {declared or 'none'}); start GPU "
+            f"workers with `dask cuda worker ... --resources GPU=1` or use a CPU cluster "
+            f"(--cluster local)"
+        )
+
+
+def cluster_spec(compute: ComputeConfig) -> dict:
+    """Keyword arguments for prefect_dask.DaskTaskRunner (address or cluster class + kwargs)."""
+    plan = resolve_cluster(compute.cluster, compute)
+    if plan.address:
+        return {"address": plan.address}
+    out = {"cluster_class": plan.cluster_class, "cluster_kwargs": plan.kwargs}
+    if plan.adapt:
+        out["adapt_kwargs"] = plan.adapt
+    return out
 
 
 def torch_device() -> str:

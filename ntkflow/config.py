@@ -42,6 +42,9 @@ class ConfigError(ValueError):
         lines = [f"  {field}: {msg}" for field, msg in errors]
         super().__init__(f"invalid configuration ({len(errors)} problem(s)):\n" + "\n".join(lines))
 
+    def __reduce__(self):  # unpickles from its errors (a failed flow run's state keeps it)
+        return (ConfigError, (self.errors,))
+
 
 class _Strict(BaseModel):
     # allow_inf_nan=False: an infinite noise, ridge or learning rate gives NaN or constant
@@ -157,9 +160,12 @@ class ComputeConfig(_Strict):
     @field_validator("cluster")
     @classmethod
     def _cluster(cls, v: str) -> str:
-        """local, cuda, or a scheduler address (``tcp://host:port``, ``host:port``)."""
-        if v in ("local", "cuda") or re.fullmatch(
-            r"([a-z][a-z0-9+]*://)?(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):\d+/?", v
+        """local, cuda, a scheduler address (``tcp://host:port``, ``host:port``) or a cluster
+        spec file (``deploy/*.yaml``, checked by :func:`ntkflow.compute.resolve_cluster`)."""
+        if (
+            v in ("local", "cuda")
+            or v.endswith((".yaml", ".yml"))
+            or re.fullmatch(r"([a-z][a-z0-9+]*://)?(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):\d+/?", v)
         ):
             return v
         hint = (
@@ -168,7 +174,8 @@ class ComputeConfig(_Strict):
             else ""
         )
         raise ValueError(
-            f"{v!r} is neither local, cuda nor a scheduler address like tcp://host:8786{hint}"
+            f"{v!r} is neither local, cuda, a scheduler address like tcp://host:8786 nor a "
+            f"cluster spec file (deploy/*.yaml){hint}"
         )
 
 

@@ -43,8 +43,9 @@ def check_out(url: str) -> None:
 
 
 def check_cluster(cluster: str, connect_timeout: float) -> None:
-    """``--cluster``: dask-cuda and a GPU for ``cuda``; a scheduler answering at an address."""
-    if cluster == "local":
+    """``--cluster``: dask-cuda and a GPU for ``cuda``; a scheduler answering at an address.
+    A cluster spec file starts its cluster in the flow (ntkflow.compute checks the file)."""
+    if cluster == "local" or cluster.endswith((".yaml", ".yml")):
         return
     if cluster == "cuda":
         check_cuda()

@@ -1,0 +1,171 @@
+"""Cluster choice: local worker counts from the CPU affinity, GPUs only through declared
+resources, the Slurm and Kubernetes specs rendered by their libraries, clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ntkflow import compute
+from ntkflow.compute import ClusterError
+from ntkflow.config import ComputeConfig, ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_local_workers_follow_the_cpu_affinity():
+    """Slurm and cgroups restrict the affinity mask; os.cpu_count() still reports the host."""
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "from ntkflow import compute; "
+        "print(compute.default_workers(), compute.resolve_cluster('local').kwargs['n_workers'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.split()
+    assert out == ["1", "1"]
+    plan = compute.resolve_cluster("local", ComputeConfig(threads_per_worker=1))
+    assert plan.kwargs["n_workers"] == len(os.sched_getaffinity(0))
+
+
+def test_local_cluster_workers_see_no_gpu_and_declare_none():
+    """`--cluster local` never puts trainings on cuda:0: its workers see no GPU at all."""
+    from distributed import Client, LocalCluster
+
+    plan = compute.resolve_cluster("local", ComputeConfig(n_workers=1))
+    assert plan.train_resources == {}
+    with LocalCluster(**plan.kwargs) as cluster, Client(cluster) as client:
+        seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+        assert list(seen.values()) == [""]
+        assert not compute.cluster_has_gpus(client)
+        compute.check_resources(client, {})  # nothing required: fine
+        with pytest.raises(ClusterError, match=r"need Dask resources \{'GPU': 1\}.*--resources"):
+            compute.check_resources(client, {"GPU": 1})
+
+
+def test_check_resources_accepts_a_worker_that_declares_them():
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            resources={"GPU": 1},
+            processes=False,
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        assert compute.cluster_has_gpus(client)
+        compute.check_resources(client, {"GPU": 1})
+        with pytest.raises(ClusterError, match="GPU=1"):  # declared, but not enough
+            compute.check_resources(client, {"GPU": 2})
+
+
+def test_slurm_spec_renders_a_gpu_job_script():
+    pytest.importorskip("dask_jobqueue", reason="needs the slurm extra")
+    from dask_jobqueue import SLURMCluster
+
+    plan = compute.resolve_cluster("deploy/slurm-gpu.yaml")
+    assert plan.cluster_class == "dask_jobqueue.SLURMCluster"
+    assert plan.train_resources == {"GPU": 1}
+    assert plan.adapt == {"minimum": 0, "maximum": 8}
+    cluster = SLURMCluster(**plan.kwargs)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH --gres=gpu:1" in script
+    assert "#SBATCH -p gpu" in script and "#SBATCH -t 04:00:00" in script
+    (worker_line,) = [ln for ln in script.splitlines() if "-m dask_cuda.cli" in ln]
+    assert worker_line.rstrip().endswith("--resources GPU=1")
+    assert "--nthreads 8" in worker_line
+
+
+def _crd_schema():
+    import dask_kubernetes
+
+    crd = Path(dask_kubernetes.__file__).parent / (
+        "operator/deployment/helm/dask-kubernetes-operator/crds/daskcluster.yaml"
+    )
+    (version,) = yaml.safe_load(crd.read_text())["spec"]["versions"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def _k8s_plan():
+    pytest.importorskip("dask_kubernetes", reason="needs the k8s extra")
+    return compute.resolve_cluster("deploy/k8s-gpu.yaml")
+
+
+def test_kubernetes_spec_gpu_limits_on_workers_only():
+    import jsonschema
+    from kubernetes.client import ApiClient
+
+    plan = _k8s_plan()
+    spec = plan.kwargs["custom_cluster_spec"]
+    assert spec["kind"] == "DaskCluster" and plan.adapt == {"minimum": 1, "maximum": 8}
+    jsonschema.validate(spec, _crd_schema())  # the operator's own DaskCluster schema
+
+    (worker,) = spec["spec"]["worker"]["spec"]["containers"]
+    (sched,) = spec["spec"]["scheduler"]["spec"]["containers"]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert worker["args"][0] == "dask-cuda-worker" and worker["args"][-2:] == [
+        "--resources",
+        "GPU=1",
+    ]
+    assert "nvidia.com/gpu" not in json.dumps(sched)
+    assert sched["resources"]["limits"]["cpu"] == worker["resources"]["limits"]["cpu"]
+
+    # each pod spec is a valid Kubernetes PodSpec (types checked by the official client models)
+    api = ApiClient()
+    for role in ("worker", "scheduler"):
+        pod = api._ApiClient__deserialize(spec["spec"][role]["spec"], "V1PodSpec")
+        assert pod.containers[0].image == worker["image"]
+    bad = json.loads(json.dumps(spec))
+    bad["spec"]["worker"]["spec"]["containers"][0]["resources"]["limits"] = ["nvidia.com/gpu"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, _crd_schema())
+
+
+def _spec(tmp_path, body: dict) -> str:
+    p = tmp_path / "spec.yaml"
+    p.write_text(yaml.safe_dump(body))
+    return str(p)
+
+
+def test_bad_cluster_names_and_specs(tmp_path):
+    with pytest.raises(ClusterError, match=r"unknown cluster 'deploy/nope.yaml'.*slurm-gpu"):
+        compute.resolve_cluster("deploy/nope.yaml")
+    with pytest.raises(ClusterError, match="unknown cluster 'gpu-box'"):
+        compute.resolve_cluster("gpu-box")
+    with pytest.raises(ClusterError, match=r"unknown key\(s\) \['kwarg'\]"):
+        compute.resolve_cluster(_spec(tmp_path, {"class": "distributed.LocalCluster", "kwarg": 1}))
+    with pytest.raises(ClusterError, match="has no cluster class 'Nope'"):
+        compute.resolve_cluster(_spec(tmp_path, {"class": "distributed.Nope"}))
+    with pytest.raises(ClusterError, match="adapt takes"):
+        compute.resolve_cluster(
+            _spec(tmp_path, {"class": "distributed.LocalCluster", "adapt": {"max": 3}})
+        )
+    # an error is a ConfigError for the field `cluster` (exit status 2 from the CLI)
+    with pytest.raises(ConfigError) as e:
+        compute.resolve_cluster("deploy/nope.yaml")
+    assert e.value.errors[0][0] == "cluster"
+    assert compute.resolve_cluster("tcp://10.0.0.1:8786").address == "tcp://10.0.0.1:8786"
+    assert compute.resolve_cluster("scheduler:8786").train_resources is None
+
+
+def test_missing_extra_is_named(tmp_path):
+    """dask-cuda is not installed on the CPU machines: the error says which extra to install."""
+    try:
+        import dask_cuda  # noqa: F401
+
+        pytest.skip("dask-cuda is installed here")
+    except ImportError:
+        pass
+    for name in ("cuda", "deploy/cuda-local.yaml"):
+        with pytest.raises(ClusterError, match=r"dask_cuda is not installed: `pip install 'ntk"):
+            compute.resolve_cluster(name)

@@ -1,0 +1,132 @@
+"""`ntkflow run` and the deployment share one flow: same parameters, same run folder; bad
+clusters and stores fail with one clear error, exit status 2 and no run folder."""
+
+import inspect
+import json
+import os
+
+import pytest
+import yaml
+
+from ntkflow import launch
+from ntkflow.cli import _flow_parameters, _load, _parser
+from ntkflow.config import ConfigError, load_config
+
+SMOKE = ["run", "--preset", "smoke", "--set", "compute.n_workers=1"]
+
+
+def test_cli_flags_become_flow_parameters_of_the_same_run(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({"trials": 3, "networks": {"width": 32}}))
+    argv = [
+        "run",
+        "--preset",
+        "smoke",
+        "--config",
+        str(cfg_file),
+        "--set",
+        "seed=4",
+        "--formulas",
+        "published",
+        "--workers",
+        "2",
+        "--kernels-only",
+    ]
+    args = _parser().parse_args(argv)
+    params = _flow_parameters(args)
+    assert set(params) == {"preset", "overrides", "out", "cluster", "kernels_only"}
+    json.dumps(params)  # what a deployment run sends through the API
+    from_flow = launch.build_config(
+        params["preset"], params["overrides"], params["cluster"], params["kernels_only"]
+    )
+    from_cli = _load(args)
+    assert from_flow == from_cli and from_flow.run_id == from_cli.run_id
+    assert from_flow.trials == 3 and from_flow.compute.n_workers == 2
+
+
+def test_overrides_as_strings_or_mapping_mean_the_same():
+    as_strings = launch.build_config("smoke", ["faults.fail_trials=[1]", "networks.width=16"])
+    nested = launch.build_config("smoke", {"faults": {"fail_trials": [1]}, "networks.width": 16})
+    assert as_strings == nested and as_strings.networks.width == 16
+    with pytest.raises(ConfigError, match="overrides: expected a list"):
+        launch.build_config("smoke", "trials=3")
+    with pytest.raises(ConfigError, match="networks.width"):
+        launch.build_config("smoke", {"networks": {"width": -1}})
+    assert launch.build_config("smoke", None, "cuda", True).compute.cluster == "cuda"
+    assert not launch.build_config("smoke", None, None, True).networks.enabled
+
+
+def _refused(res, out, *needles):
+    assert res.returncode == 2, res.stdout + res.stderr
+    err = res.stderr
+    for n in needles:
+        assert n in err, err
+    assert "Traceback" not in err
+    assert not (out / load_config("smoke").run_id).exists()  # no half-written run folder
+
+
+def test_unknown_cluster_spec_file(tmp_path, run_cli):
+    out = tmp_path / "runs"
+    res = run_cli(*SMOKE, "--out", str(out), "--cluster", "deploy/nope.yaml")
+    _refused(res, out, "cluster: unknown cluster 'deploy/nope.yaml'", "deploy/slurm-gpu.yaml")
+
+
+def test_spec_of_a_missing_extra(tmp_path, run_cli):
+    """dask-jobqueue absent (an importable stub that fails like a missing package)."""
+    stub = tmp_path / "stub/dask_jobqueue"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError(\"No module named 'dask_jobqueue'\")\n")
+    from conftest import ROOT
+
+    pythonpath = os.pathsep.join([str(tmp_path / "stub"), str(ROOT)])
+    out = tmp_path / "runs"
+    res = run_cli(
+        *SMOKE,
+        "--out",
+        str(out),
+        "--cluster",
+        "deploy/slurm-gpu.yaml",
+        env={"PYTHONPATH": pythonpath},
+    )
+    _refused(res, out, "dask_jobqueue is not installed", "pip install 'ntkflow[slurm]'")
+
+
+def test_store_that_cannot_be_opened(tmp_path, run_cli):
+    res = run_cli(*SMOKE, "--out", "nosuchfs://bucket/runs")
+    assert res.returncode == 2, res.stderr
+    assert "out: cannot open the store 'nosuchfs://bucket/runs'" in res.stderr
+
+
+@pytest.mark.slow
+def test_gpu_trainings_on_a_cluster_without_gpus(tmp_path, run_cli):
+    """A spec whose trainings need GPU=1 but whose workers declare none: refused, not a hang."""
+    spec = tmp_path / "cpu-only.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "class": "distributed.LocalCluster",
+                "kwargs": {"n_workers": 1, "threads_per_worker": 1, "dashboard_address": ":0"},
+                "train_resources": {"GPU": 1},
+            }
+        )
+    )
+    out = tmp_path / "runs"
+    res = run_cli(*SMOKE, "--out", str(out), "--cluster", str(spec), timeout=300)
+    _refused(res, out, "need Dask resources {'GPU': 1}", "declared: none")
+
+
+@pytest.mark.slow
+def test_store_the_workers_cannot_reach(tmp_path, run_cli):
+    """memory:// lives in one process: the Dask worker processes cannot see what the flow wrote."""
+    res = run_cli(*SMOKE, "--kernels-only", "--out", "memory://ntkflow-runs", timeout=300)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "worker(s) cannot reach the store 'memory:///ntkflow-runs" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_flow_parameters_defaults_are_the_cli_defaults():
+    from flows.experiment import experiment
+
+    params = _flow_parameters(_parser().parse_args(["run"]))
+    defaults = {k: v.default for k, v in inspect.signature(experiment.fn).parameters.items()}
+    assert params["preset"] == defaults["preset"] and params["out"] == defaults["out"]
