@@ -265,14 +265,18 @@ def _report_markdown(store: Store) -> str:
 
 
 def _flow_runs(store: Store) -> list[dict]:
-    """This flow run (id, name, UI URL) after those recorded by earlier runs of the same id."""
+    """This flow run (id, name, UI URL, and its parent `experiment` run's) after those recorded
+    by earlier runs of the same id."""
     from prefect.runtime import flow_run
 
     prev = (store.read_json("summary.json") or {}).get("run", {}).get("flow_runs", [])
+    parent = flow_run.parent_flow_run_id  # the flow `experiment` (the one to retry), if any
     this = {
         "id": str(flow_run.id),
         "name": flow_run.name,
         "url": _ui_url(f"runs/flow-run/{flow_run.id}"),
+        "experiment_id": parent,
+        "experiment_url": _ui_url(f"runs/flow-run/{parent}") if parent else None,
         "api": os.environ.get("PREFECT_API_URL"),
     }
     return [r for r in prev if isinstance(r, dict) and r.get("id") != this["id"]] + [this]

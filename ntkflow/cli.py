@@ -135,21 +135,21 @@ def _flow_parameters(args) -> dict:
 
 def cmd_run(args) -> int:
     from ntkflow import compute, launch
+    from ntkflow.preflight import PlaceError, check_cluster, check_out
 
-    cfg = _load(args)  # every config, cluster-spec and store error surfaces here, before any work
+    # Every config, cluster and store error surfaces here, before any work and before the run
+    # folder exists.
+    cfg = _load(args)
     params = {**_flow_parameters(args), "cluster": cfg.compute.cluster}
-    compute.resolve_cluster(cfg.compute.cluster, cfg.compute)
+    check_out(args.out)
+    check_cluster(cfg.compute.cluster, cfg.compute.connect_timeout)
+    compute.resolve_cluster(cfg.compute.cluster, cfg.compute)  # a spec file and its extra
     store = launch.open_store(args.out).child(cfg.run_id)
     # Dask's INFO chatter (worker start/stop, closed comms at shutdown) hides the progress lines.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     from flows.runtime import exit_on_signals
 
     exit_on_signals()  # from here on, SIGINT/SIGTERM stop the children and exit at once
-    from ntkflow.preflight import PlaceError, check_cluster, check_out
-
-    # Bad places fail here, before any work and before the run folder exists.
-    check_cluster(cfg.compute.cluster, cfg.compute.connect_timeout)
-    check_out(args.out)
     from prefect import tags
 
     from flows.experiment import experiment, run_name, run_tags
@@ -274,9 +274,11 @@ def _print_summary(summary: dict, url: str, seconds: float | None, api: str | No
     took = f" in {seconds:.0f} s" if seconds is not None else ""
     console.print(f"run folder: {url}{took}")
     console.print(f"report: {url}/report.md")
-    flow_runs = summary["run"].get("flow_runs") or []
-    if api and flow_runs and flow_runs[-1].get("url"):
-        console.print(f"Prefect UI: {flow_runs[-1]['url']}", soft_wrap=True)
+    last = (summary["run"].get("flow_runs") or [{}])[-1]
+    if api and last.get("url"):  # the flow run to retry, and its subflow with the trial tasks
+        console.print(f"Prefect UI: {last.get('experiment_url') or last['url']}", soft_wrap=True)
+        if last.get("experiment_url"):
+            console.print(f"trial tasks: {last['url']}", soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -133,18 +133,22 @@ def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
 
 
 @contextlib.contextmanager
-def prefect_server(workdir: Path, database_url: str | None = None, timeout: float = 300):
+def prefect_server(
+    workdir: Path, database_url: str | None = None, timeout: float = 300, ui: bool = False
+):
     """`prefect server start` on a free port (SQLite in its own PREFECT_HOME unless a database
-    URL is given); yields the API URL."""
+    URL is given; with its UI if ``ui``); yields the API URL."""
     port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
     extra = {"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {}
+    if ui:  # the browser's UI calls this API
+        extra.update(PREFECT_UI_ENABLED="true", PREFECT_UI_API_URL=api)
     env = base_env(workdir / "server-home", **extra)
     log = open(workdir / "server.log", "w")
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
-    api = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -10,13 +10,10 @@ Screenshots go to $NTKFLOW_TEST_ARTIFACTS (default tests/artifacts/).
 import json
 import os
 import re
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+import servers as S
 
 pytestmark = pytest.mark.slow
 
@@ -34,53 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("NTKFLOW_TEST_ARTIFACTS", ROOT / "tests" / "artifacts"))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``prefect server start`` with its UI, on a free port, in a fresh PREFECT_HOME."""
-    port = _free_port()
-    home = tmp_path_factory.mktemp("prefect-server-home")
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "true",
-        "PREFECT_UI_API_URL": api,  # the browser's UI calls this API
-    }
-    env.pop("PREFECT_API_URL", None)
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
-        + ["--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"{api}/health", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail(
-                        f"prefect server did not start: {(home / 'server.log').read_text()}"
-                    )
-                time.sleep(1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    with S.prefect_server(tmp_path_factory.mktemp("prefect-server"), ui=True) as api:
+        yield api.removesuffix("/api")
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +56,7 @@ def browser():
 
 
 def _api(base: str, path: str, body: dict | None = None):
-    req = urllib.request.Request(
-        f"{base}/api/{path}",
-        data=json.dumps(body or {}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    return json.loads(urllib.request.urlopen(req, timeout=30).read())
+    return S.api_post(f"{base}/api", path, body)
 
 
 def _open(driver, url: str, *texts: str, timeout: float = 120) -> str:
@@ -150,23 +100,30 @@ def test_ui_shows_failed_trial_progress_and_report(tmp_path, server, browser, ru
     )
     assert res.returncode == 1, res.stdout + res.stderr
 
-    # The REST API: one failed flow run, named and tagged; every task run in a final state.
-    (fr,) = _api(server, "flow_runs/filter")
+    # The REST API: the flow `experiment` and its subflow `trials`, both failed, named and
+    # tagged; every task run in a final state.
+    flow_runs = _api(server, "flow_runs/filter")
+    (fr,) = [f for f in flow_runs if f["parent_task_run_id"] is not None]  # `trials`
+    (top,) = [f for f in flow_runs if f["parent_task_run_id"] is None]  # `experiment`
     run_id = next(t for t in fr["tags"] if t.startswith("run:"))[4:]
-    assert fr["state_type"] == "FAILED" and fr["name"] == f"{run_id}-smoke-exact"
-    assert {f"run:{run_id}", "preset:smoke", "formulas:exact"} <= set(fr["tags"])
+    for f in (fr, top):
+        assert f["state_type"] == "FAILED" and f["name"] == f"{run_id}-smoke-exact"
+        assert {f"run:{run_id}", "preset:smoke", "formulas:exact"} <= set(f["tags"])
     tasks = {t["name"]: t for t in _api(server, "task_runs/filter")}
-    downstream = [f"trial-001/train/NN{L}" for L in (1, 2)] + ["trial-001/result"]
+    downstream = [f"trial-001/{step}/NN{L}" for step in ("train", "theory") for L in (1, 2)]
+    downstream.append("trial-001/result")
     assert tasks["trial-001"]["state_type"] == "FAILED"
     assert all(tasks[n]["state_name"] == "UpstreamFailed" for n in downstream)
     not_final = {n: t["state_name"] for n, t in tasks.items() if t["state_type"] in
                  ("PENDING", "RUNNING", "SCHEDULED")}  # fmt: skip
     assert not_final == {}
-    # The console and summary.json point at this flow run in the UI.
+    # The console and summary.json point at these flow runs in the UI.
     flow_url = f"{server}/runs/flow-run/{fr['id']}"
-    assert f"Prefect UI: {flow_url}" in res.stdout
+    top_url = f"{server}/runs/flow-run/{top['id']}"
+    assert f"Prefect UI: {top_url}" in res.stdout and f"trial tasks: {flow_url}" in res.stdout
     summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
     assert summary["run"]["flow_runs"][-1]["url"] == flow_url
+    assert summary["run"]["flow_runs"][-1]["experiment_url"] == top_url
 
     # The flow-run page: every trial step by name, the failure, nothing pending.
     names = ["trial-000", "trial-001", *downstream, "trial-000/result", "aggregate"]

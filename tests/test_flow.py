@@ -6,10 +6,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pandas as pd
 import pytest
+import servers as S
 import yaml
 
 from ntkflow.config import load_config
@@ -117,41 +117,7 @@ def _free_port() -> int:
 
 def test_against_a_real_prefect_server(tmp_path, prefect_home, run_cli):
     """`prefect server start` on 127.0.0.1; the run reports its flow, tasks and artifacts there."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "server-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-    }
-    env.pop("PREFECT_API_URL", None)
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"{api}/health", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail("prefect server did not start")
-                time.sleep(1)
+    with S.prefect_server(tmp_path) as api:
         out = tmp_path / "runs"
         res = run_cli(
             "run", *SMOKE, "--kernels-only", "--out", str(out), env={"PREFECT_API_URL": api}
@@ -160,12 +126,7 @@ def test_against_a_real_prefect_server(tmp_path, prefect_home, run_cli):
         assert api in res.stderr and "embedded" not in res.stderr
 
         def post(path, body):
-            req = urllib.request.Request(
-                f"{api}/{path}",
-                data=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json"},
-            )
-            return json.loads(urllib.request.urlopen(req, timeout=10).read())
+            return S.api_post(api, path, body)
 
         flows = post("flow_runs/filter", {})
         # the flow `experiment` and its subflow `trials`
@@ -178,11 +139,9 @@ def test_against_a_real_prefect_server(tmp_path, prefect_home, run_cli):
         assert {"progress", "table", "markdown"} <= set(keyed)
         assert keyed["progress"]["data"] == 100.0
         assert keyed["progress"]["description"].startswith("2/2 trials done")
-        (run,) = flows
-        assert f"Prefect UI: http://127.0.0.1:{port}/runs/flow-run/{run['id']}" in res.stdout
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        (run,) = [f for f in flows if f["parent_task_run_id"] is None]  # `experiment`
+        base = api.removesuffix("/api")
+        assert f"Prefect UI: {base}/runs/flow-run/{run['id']}" in res.stdout
 
 
 def test_existing_dask_cluster_by_address(tmp_path, run_cli):
