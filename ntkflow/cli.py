@@ -98,32 +98,38 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def _load(args):
-    explicit = {
+def _flags(args) -> dict:
+    """The config keys the command's own flags set (None: not given)."""
+    flags = {
         "formulas": args.formulas,
-        "compute.cluster": args.cluster,
         "compute.n_workers": args.workers,
         "networks.widths": getattr(args, "widths", None),  # ntkflow sweep
     }
+    if args.keep_stale:
+        flags["compute.keep_stale"] = True
+    return flags
+
+
+def _load(args):
+    explicit = {**_flags(args), "compute.cluster": args.cluster}
     if args.kernels_only:
         explicit["networks.enabled"] = False
-    if args.keep_stale:
-        explicit["compute.keep_stale"] = True
     if not args.out.strip():
         raise ConfigError([("--out", "is empty: give a folder or fsspec URL (default runs/)")])
     return load_config(args.preset, args.config, args.sets, **explicit)
 
 
 def _flow_parameters(args) -> dict:
-    """The parameters of the flow ``experiment`` that reproduce this command's config."""
+    """The parameters of the flow ``experiment`` that reproduce this command's config: the
+    --config file and --set overrides, then the flags, as ``KEY=VALUE`` overrides (JSON values
+    are YAML)."""
+    import json
+
     from ntkflow.launch import file_overrides
 
     sets = file_overrides(args.config) if args.config else []
     sets += args.sets
-    if args.formulas:
-        sets.append(f"formulas={args.formulas}")
-    if args.workers is not None:
-        sets.append(f"compute.n_workers={args.workers}")
+    sets += [f"{k}={json.dumps(v)}" for k, v in _flags(args).items() if v is not None]
     return {
         "preset": args.preset or DEFAULT_PRESET,
         "overrides": sets,

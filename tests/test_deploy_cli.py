@@ -44,6 +44,19 @@ def test_cli_flags_become_flow_parameters_of_the_same_run(tmp_path):
     assert from_flow.trials == 3 and from_flow.compute.n_workers == 2
 
 
+def test_sweep_flags_reach_the_flow():
+    """Every flag that sets a config key (--widths, --keep-stale, ...) reaches the flow's config."""
+    argv = ["sweep", "--preset", "smoke", "--widths", "16,32", "--keep-stale", "--workers", "1"]
+    args = _parser().parse_args(argv)
+    params = _flow_parameters(args)
+    json.dumps(params)
+    from_flow = launch.build_config(
+        params["preset"], params["overrides"], params["cluster"], params["kernels_only"]
+    )
+    assert from_flow == _load(args)
+    assert from_flow.networks.widths == [16, 32] and from_flow.compute.keep_stale
+
+
 def test_overrides_as_strings_or_mapping_mean_the_same():
     as_strings = launch.build_config("smoke", ["faults.fail_trials=[1]", "networks.width=16"])
     nested = launch.build_config("smoke", {"faults": {"fail_trials": [1]}, "networks.width": 16})
