@@ -164,6 +164,7 @@ def cmd_run(args) -> int:
     print(f"ntkflow: run {cfg.run_id} → {store.url}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     failed = None
+    before = _summary_bytes(store)  # a summary left by an earlier run is not this run's
     with prefect_api() as (api, embedded):
         print(f"ntkflow: Prefect API {api}{' (embedded)' if embedded else ''}", file=sys.stderr)
         if embedded and cfg.compute.cluster not in ("local", "cuda"):
@@ -183,7 +184,7 @@ def cmd_run(args) -> int:
             if isinstance(failed, (ConfigError, PlaceError)):  # refused before any trial: exit 2
                 raise failed
             failed = state.message or failed or state.name
-    summary = store.read_json("summary.json")
+    summary = store.read_json("summary.json") if _summary_bytes(store) != before else None
     if summary is None:
         why = failed if failed is not None else f"no summary.json in {store.url}"
         print(f"ntkflow: the run failed before aggregation: {why}", file=sys.stderr)
@@ -193,6 +194,10 @@ def cmd_run(args) -> int:
         print(f"ntkflow: {failed}", file=sys.stderr)
         return 1
     return 0
+
+
+def _summary_bytes(store) -> bytes | None:
+    return store.read_bytes("summary.json") if store.exists("summary.json") else None
 
 
 def _run_folder(run_dir: str):
