@@ -1,8 +1,12 @@
-"""The Prefect flow ``experiment``: trials fanned out as tasks on a Dask cluster, then aggregate.
+"""The Prefect flows: ``experiment`` (the entry point of ``ntkflow run``/``sweep`` and of every
+deployment) builds the config from what a person types, starts or joins the Dask cluster and runs
+its subflow ``trials`` there: each trial's kernels, then each network's training and theory, then
+its result, fanned out as tasks; then the aggregate.
 
 Tasks are thin: each calls one step of :mod:`ntkflow.trial` with the config and the store URL,
 and returns a small JSON-able record. The store's verified ``result.json`` is the ground truth,
-so a rerun of the same experiment (same run id) skips finished trials and recomputes the rest.
+so a rerun of the same experiment (same run id) or a retry of its flow run skips finished trials
+and recomputes the rest.
 """
 
 from __future__ import annotations
@@ -500,7 +504,8 @@ def run_trials(cfg: Config, out: str, train_resources: dict | None = None) -> di
     if summary["failed_trials"]:
         msg = (
             f"{len(summary['failed_trials'])} trial(s) failed: "
-            f"{summary['failed_trials']}; rerun the same command to recompute only those "
+            f"{summary['failed_trials']}; rerun the same command (or retry this flow run) to "
+            "recompute only those "
             f"(summary: {store.url}/summary.json)"
         )
         log.error("run %s finished in state Failed: %s", cfg.run_id, msg)
