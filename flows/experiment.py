@@ -110,6 +110,15 @@ def _network_task_name(step: str):
     return name
 
 
+def _network_store(cfg: Config, out: str) -> Store:
+    """The store of a network step, with torch's threads set for this worker (imported only
+    by steps that run: a step after a failed one ends before it)."""
+    from ntkflow.train import set_torch_threads
+
+    set_torch_threads(cfg.compute.threads_per_worker)
+    return Store(out)
+
+
 @task(task_run_name=_network_task_name("train"), **RETRY)
 def train_task(
     cfg: Config,
@@ -122,10 +131,7 @@ def train_task(
     """One network of trial k, on the worker's GPU when it has one (dask-cuda pins cuda:0)."""
     if upstream_error is not None:
         return _upstream_failed(upstream_error)
-    from ntkflow.train import set_torch_threads
-
-    store = Store(out)
-    set_torch_threads(cfg.compute.threads_per_worker)
+    store = _network_store(cfg, out)
     spec = network_spec(cfg, depth, width)
     epochs = cfg.networks.epochs[cfg.networks.depths.index(depth)]
     with _logged_errors(store, k):
@@ -154,10 +160,7 @@ def theory_task(
     """The linearized predictors and their agreement with the trained network (SPEC §6)."""
     if upstream_error is not None:
         return _upstream_failed(upstream_error)
-    from ntkflow.train import set_torch_threads
-
-    store = Store(out)
-    set_torch_threads(cfg.compute.threads_per_worker)
+    store = _network_store(cfg, out)
     with _logged_errors(store, k):
         items = tr.theory_item(cfg, store, k, depth, width)
     return {"trial": k, "methods": {i["method"]: i["rmse"] for i in items}}
