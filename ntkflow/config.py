@@ -14,7 +14,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -28,8 +28,8 @@ from pydantic import (
     model_validator,
 )
 
-from ntkflow import keys
 from ntkflow.kernels import parse_kernel_name
+from ntkflow.names import NETWORK_REF, network_specs, theory_kernel
 
 PAPER_KERNELS = ["NTKB1", "NTKB2", "NTKJ1", "NTKJ2", "NTKA1", "NTKA2", "GP1", "GP2", "K1"]
 
@@ -191,7 +191,7 @@ class FaultsConfig(_Strict):
     @field_validator("fail_networks")
     @classmethod
     def _network_refs(cls, v: list[str]) -> list[str]:
-        bad = [r for r in v if not re.fullmatch(r"\d+/NN\d+(@w\d+)?", r)]
+        bad = [r for r in v if not NETWORK_REF.fullmatch(r)]
         if bad:
             raise ValueError(f"expected entries like '1/NN1' or '1/NN1@w64', got {bad}")
         return v
@@ -241,7 +241,7 @@ class Config(_Strict):
         """What determines a trial's data (hashed into the run id): seed, formulas, data.*.
 
         Not ``trials`` (trial k's data does not depend on how many there are), not the kernels
-        or networks (each item is keyed on its own: :meth:`item_key`), not compute, output
+        or networks (each item is keyed on its own: :mod:`ntkflow.trial.items`), not compute, output
         location or faults.
         """
         data = self.data.model_dump(mode="json")
@@ -251,43 +251,6 @@ class Config(_Strict):
     def run_id(self) -> str:
         blob = json.dumps(self.result_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
-
-    def data_key(self) -> str:
-        """Key of every trial's data.zarr: the run id's fields + the data code version."""
-        return keys.item_key("data", self.result_dict())
-
-    def gram_key(self, name: str) -> str:
-        """A kernel's Gram: the kernel, the variant, the kernel code (not the ridge)."""
-        return keys.item_key("gram", {"kernel": name, "formulas": self.formulas})
-
-    def item_key(self, method: str) -> str:
-        """Key of a method's item: its own config section + its code version (ntkflow.keys).
-
-        A network (``NN<L>[@w<W>]``) is keyed by the networks section less what names other
-        networks (depths, epochs, widths) or does not change results (log_every), plus its own
-        depth, epochs and width; a theory item (``LIN<L><variant>[@w<W>]``) by its network's key,
-        its variant and the formulas; a kernel by the kernel, the formulas and ``krr``.
-        """
-        m = re.fullmatch(r"(NN|LIN)(\d+)(-emp|-inf|-sgd)?(?:@w(\d+))?", method)
-        if m:
-            depth, width = int(m[2]), int(m[4]) if m[4] else None
-            n = self.networks
-            skip = {"enabled", "depths", "epochs", "log_every", "widths", "width"}
-            net = {
-                **n.model_dump(mode="json", exclude=skip),
-                "depth": depth,
-                "epochs": n.epochs[n.depths.index(depth)] if depth in n.depths else None,
-                "width": width or n.width,
-            }
-            if m[1] == "NN":
-                return keys.item_key("network", net)
-            theory = {"network": keys.item_key("network", net), "variant": m[3] or ""}
-            return keys.item_key("linearized", {**theory, "formulas": self.formulas})
-        krr = self.krr.model_dump(mode="json")
-        return keys.item_key("kernel", {"kernel": method, "formulas": self.formulas, "krr": krr})
-
-    def item_keys(self) -> dict[str, str]:
-        return {m: self.item_key(m) for m in self.methods}
 
     @property
     def methods(self) -> list[str]:
@@ -309,56 +272,6 @@ class Config(_Strict):
                 if name and name not in self.kernels and name not in extra:
                     extra.append(name)
         return list(self.kernels) + extra
-
-
-# ---- networks and their linearized theory (SPEC §6) --------------------------------------------
-THEORY_VARIANTS = ("", "-emp", "-inf", "-sgd")  # LIN<L>, LIN<L>-emp, LIN<L>-inf, LIN<L>-sgd
-ANALYTIC_VARIANTS = ("", "-inf")  # need the analytic NTK of the network's family
-FAMILY_OF = {"ntkj": "NTKJ", "ntkb": "NTKB", "standard": None}
-
-
-def theory_kernel(parameterization: str, depth: int) -> str | None:
-    """The analytic NTK of a network (ntkj → NTKJ<L>, ntkb → NTKB<L>; none for "standard")."""
-    family = FAMILY_OF[parameterization]
-    return f"{family}{depth}" if family else None
-
-
-class NetSpec(NamedTuple):
-    """One network of a trial: depth, width, and the method-name tag ("" or "@w<width>")."""
-
-    depth: int
-    width: int
-    tag: str
-
-    @property
-    def name(self) -> str:
-        return f"NN{self.depth}{self.tag}"
-
-    def theory_methods(self, parameterization: str) -> list[str]:
-        analytic = FAMILY_OF[parameterization] is not None
-        return [
-            f"LIN{self.depth}{v}{self.tag}"
-            for v in THEORY_VARIANTS
-            if analytic or v not in ANALYTIC_VARIANTS
-        ]
-
-
-def network_specs(cfg: Config) -> list[NetSpec]:
-    """The trial's networks: one per depth, or per (depth, width) in a sweep (tagged @w<W>)."""
-    n = cfg.networks
-    if not n.enabled:
-        return []
-    if n.widths is None:
-        return [NetSpec(L, n.width, "") for L in n.depths]
-    return [NetSpec(L, w, f"@w{w}") for L in n.depths for w in n.widths]
-
-
-def network_spec(cfg: Config, depth: int, width: int | None = None) -> NetSpec:
-    """The spec of the depth-``depth`` network (of ``width`` in a sweep)."""
-    for s in network_specs(cfg):
-        if s.depth == depth and (width is None or s.width == width):
-            return s
-    raise ValueError(f"no network of depth {depth} and width {width} in this configuration")
 
 
 def test_size(n_obs: int, test_fraction: float) -> int:

@@ -12,9 +12,11 @@ import numpy as np
 import pandas as pd
 
 from ntkflow import keys, stats
-from ntkflow.config import Config, network_specs
+from ntkflow.config import Config
+from ntkflow.names import network_specs, same_depth
 from ntkflow.store import Store
-from ntkflow.trial import corrupt_artifacts, load_result, problems, quarantine, trial_dir
+from ntkflow.trial import Trial, method_key
+from ntkflow.trial.manifest import check
 
 PACKAGES = (
     "ntkflow",
@@ -60,20 +62,15 @@ def versions() -> dict:
 
 
 def verify(cfg: Config, store: Store, deep: bool = True) -> dict[int, list[str]]:
-    """Every trial's problems (see :func:`ntkflow.trial.problems`): its record, run id and
-    variant against ``cfg`` and, with ``deep``, the checksum of every array and file. A
-    corrupted artifact is removed with what was computed from it (so that the next
+    """Every trial's problems (see :func:`ntkflow.trial.manifest.problems`): its record, run
+    id and variant against ``cfg`` and, with ``deep``, the checksum of every array and file. A
+    damaged or corrupted artifact is removed with what was computed from it (so that the next
     ``ntkflow run`` recomputes it); a mismatch of run id or variant only is reported."""
-    out = {}
-    for k in range(cfg.trials):
-        result = load_result(store, k)
-        out[k] = problems(cfg, store, k, result, deep=False)
-        if deep and not out[k]:
-            bad = corrupt_artifacts(store, k, result)
-            out[k] = [f"{rel}: {msg}" for rel, msg in bad]
-            if bad:
-                quarantine(store, k, result, [rel for rel, _ in bad])
-    return out
+    return {k: bad for k, (_, bad) in _checked(cfg, store, deep).items()}
+
+
+def _checked(cfg: Config, store: Store, deep: bool) -> dict[int, tuple[dict | None, list[str]]]:
+    return {k: check(Trial(cfg, store, k), deep) for k in range(cfg.trials)}
 
 
 def collect(
@@ -82,19 +79,17 @@ def collect(
     """Tidy rows (trial, method, rmse, status, timings, diagnostics), the failed trials (also
     those whose result does not verify against ``cfg``) and the stale items kept."""
     rows, failed, stale = [], [], []
-    keys_now = cfg.item_keys()
-    for k, bad in verify(cfg, store, deep).items():
-        res = load_result(store, k)
+    for k, (res, bad) in _checked(cfg, store, deep).items():
+        t = Trial(cfg, store, k)
         if bad:
-            err = store.read_json(f"{trial_dir(k)}/error.json") or {}
-            why = err.get("error") if res is None else None
+            why = t.error() if res is None else None
             failed.append({"trial": k, "error": why or "; ".join(bad)})
             for m in cfg.methods:
                 rows.append({"trial": k, "method": m, "rmse": float("nan"), "status": "failed"})
             continue
         for m in cfg.methods:
             item = res["methods"][m]
-            if item.get("key") != keys_now[m]:
+            if item.get("key") != method_key(t, m):
                 stale.append(
                     {"trial": k, "method": m, "key": item.get("key"), "code": item.get("code")}
                 )
@@ -189,7 +184,7 @@ def markdown(summary: dict, cfg: Config) -> str:
         lines += [f"- {fam}: {v:+.2f}%" for fam, v in summary["percent_change_1_to_2"].items()]
         lines.append("")
     key = [
-        p for p in summary["paired"] if _same_depth(p["a"], p["b"]) or p["a"][:-1] == p["b"][:-1]
+        p for p in summary["paired"] if same_depth(p["a"], p["b"]) or p["a"][:-1] == p["b"][:-1]
     ]
     if key:
         lines += [
@@ -240,10 +235,6 @@ def _fmt(v, col: str) -> str:
     if pd.isna(v):
         return "–"
     return str(int(v)) if col == "n" else f"{v:.4f}"
-
-
-def _same_depth(a: str, b: str) -> bool:
-    return a[-1:].isdigit() and a[-1] == b[-1] and (a.startswith("NN") or b.startswith("NN"))
 
 
 # ---- linearized theory (SPEC §6) ----------------------------------------------------------------

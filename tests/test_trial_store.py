@@ -164,6 +164,9 @@ def _replace_gram(t: Path, dtype="f8", rows=None):
     (t / "items/NTKJ2.json").unlink()
 
 
+RECOMPUTE_NTKJ2 = "recomputing trials/000/gram/NTKJ2.zarr"
+
+
 def _strays(t: Path):
     (t / "gram/junk.txt").write_text("x")
     (t / "gram/.trash-123").mkdir()
@@ -190,17 +193,24 @@ def _result_is_a_folder(t: Path):
     (t / "result.json").mkdir()
 
 
+# what is damaged → what the rerun must log (the damaged artifact, named)
 CORRUPTIONS = {
-    "gram folder became a Zarr group": _gram_became_a_group,
-    "stray files in an unfinished trial": _strays,
-    "Gram chunk truncated under an intact result.json": _truncate_chunk,
-    "Gram chunk missing under an intact result.json": lambda t: _chunk(t, "test_train").unlink(),
-    "Gram of the wrong dtype": lambda t: _replace_gram(t, dtype="f4"),
-    "Gram of the wrong shape": lambda t: _replace_gram(t, rows=10),
-    "a file where a Gram group belongs": _file_for_group,
-    "a file where data.zarr belongs": lambda t: _file_for_group(t, "data.zarr"),
-    "an item record is garbage": _garbage_item,
-    "result.json is a folder": _result_is_a_folder,
+    "gram folder became a Zarr group": (_gram_became_a_group, "removing trials/000/gram/zarr.json"),
+    "stray files in an unfinished trial": (_strays, "removing trials/000/gram/junk.txt"),
+    "Gram chunk truncated under an intact result.json": (_truncate_chunk, RECOMPUTE_NTKJ2),
+    "Gram chunk missing under an intact result.json": (
+        lambda t: _chunk(t, "test_train").unlink(),
+        RECOMPUTE_NTKJ2,
+    ),
+    "Gram of the wrong dtype": (lambda t: _replace_gram(t, dtype="f4"), "has dtype float32"),
+    "Gram of the wrong shape": (lambda t: _replace_gram(t, rows=10), "has shape (10, 10)"),
+    "a file where a Gram group belongs": (_file_for_group, RECOMPUTE_NTKJ2),
+    "a file where data.zarr belongs": (
+        lambda t: _file_for_group(t, "data.zarr"),
+        "recomputing trials/000/data.zarr",
+    ),
+    "an item record is garbage": (_garbage_item, "unreadable trials/000/items/K1.json"),
+    "result.json is a folder": (_result_is_a_folder, "unreadable trials/000/result.json"),
 }
 
 
@@ -210,11 +220,13 @@ def test_any_broken_artifact_is_recomputed_by_a_plain_rerun(tmp_path, what, capl
     store = Store(tmp_path)
     ref = trial.run_trial(cfg, store, 0)["methods"]
     t = tmp_path / "trials/000"
-    CORRUPTIONS[what](t)
+    damage, logged = CORRUPTIONS[what]
+    damage(t)
     assert trial.complete(cfg, store, 0) is None  # noticed without any manual deletion
+    caplog.clear()
     with caplog.at_level("WARNING"):
         again = trial.run_trial(cfg, store, 0)
-    assert caplog.text  # what was wrong is logged
+    assert logged in caplog.text  # the rerun names what was wrong
     assert {m: again["methods"][m]["rmse"] for m in ref} == {m: ref[m]["rmse"] for m in ref}
     assert trial.complete(cfg, store, 0, deep=True) is not None
     assert sorted(p.name for p in (t / "gram").iterdir()) == ["K1.zarr", "NTKB1.zarr", "NTKJ2.zarr"]
@@ -350,3 +362,31 @@ def test_verify_and_report_commands(tmp_path, capsys):
     assert (
         summary["failed_trials"] == [0, 1] and "not of this run" in summary["failures"][0]["error"]
     )
+
+
+@pytest.mark.parametrize("networks", [False, True], ids=["kernels-only", "networks"])
+def test_a_missing_gram_chunk_heals_by_a_rerun_and_by_verify(tmp_path, networks):
+    """A chunk deleted under a finished trial: a plain rerun recomputes that Gram only (the
+    networks are reused), and `verify` removes the damaged Gram so the next run recomputes it."""
+    extra = [] if networks else ["networks.enabled=false"]
+    cfg = load_config("smoke", overrides=["trials=1", "kernels=[NTKB1, K1]", *extra])
+    store = Store(tmp_path)
+    ref = trial.run_trial(cfg, store, 0)["methods"]
+    gram_dir = tmp_path / "trials/000/gram/NTKB1.zarr"
+    chunk = sorted((gram_dir / "train_train/c").rglob("*"))[-1]
+    kept = _mtimes(tmp_path, "trials/000/items/*.json")
+    chunk.unlink()
+    assert trial.complete(cfg, store, 0) is None
+    again = trial.run_trial(cfg, store, 0)["methods"]
+    assert {m: again[m]["rmse"] for m in ref} == {m: ref[m]["rmse"] for m in ref}
+    assert trial.complete(cfg, store, 0, deep=True) is not None
+    changed = {p for p, t in _mtimes(tmp_path, "trials/000/items/*.json").items() if kept[p] != t}
+    assert changed == {Path("trials/000/items/NTKB1.json")}  # only what used the lost chunk
+
+    chunk.unlink()
+    bad = report.verify(cfg, store)[0]
+    assert bad and all("gram/NTKB1.zarr" in b for b in bad), bad
+    assert not gram_dir.exists() and not (tmp_path / "trials/000/items/NTKB1.json").exists()
+    again = trial.run_trial(cfg, store, 0)["methods"]
+    assert {m: again[m]["rmse"] for m in ref} == {m: ref[m]["rmse"] for m in ref}
+    assert report.verify(cfg, store) == {0: []}
