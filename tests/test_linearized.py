@@ -194,16 +194,19 @@ def jacobian(net, x: np.ndarray) -> np.ndarray:
     return torch.cat([v.reshape(len(x), -1) for v in jac.values()], dim=1).numpy()
 
 
-@pytest.mark.parametrize("parameterization", ["ntkj", "ntkb"])
+@pytest.mark.parametrize("parameterization", ["ntkj", "ntkb", "standard"])
 @pytest.mark.parametrize("depth", [1, 2, 3])
 def test_factorized_ntk_equals_jacobian_products(parameterization, depth):
+    """The per-layer factorized empirical NTK equals J Jᵀ from torch.func, to float64 rounding
+    (cross and symmetric forms); a float32 network's is that of its exact float64 copy."""
     net = build_network(D_IN, depth, 24, parameterization, seed=depth, dtype=torch.float64)
     x1, x2 = unit_rows(7, seed=1), unit_rows(5, seed=2)
     j1, j2 = jacobian(net, x1), jacobian(net, x2)
     ref = j1 @ j2.T
     scale = np.abs(ref).max()
+    np.testing.assert_allclose(empirical_ntk(net, x1, x2), ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(empirical_ntk(net, x1), j1 @ j1.T, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(empirical_ntk(net, x1, x2), ref, rtol=0, atol=1e-10 * scale)
-    np.testing.assert_allclose(empirical_ntk(net, x1), j1 @ j1.T, rtol=0, atol=1e-10 * scale)
     # A float32 network: the NTK is that of its exact float64 copy, not of float32 arithmetic.
     net32 = build_network(D_IN, depth, 24, parameterization, seed=depth, dtype=torch.float32)
     j32 = jacobian(float64_copy(net32), x1)

@@ -137,16 +137,6 @@ def test_wide_network_matches_its_kernels(parameterization, depth, hyper, family
     assert_monte_carlo(np.array(outputs), nngp, "output second moment")
 
 
-@pytest.mark.parametrize("parameterization", ["ntkj", "ntkb", "standard"])
-@pytest.mark.parametrize("depth", [1, 3])
-def test_empirical_ntk_equals_jacobian_ntk(parameterization, depth):
-    net = build_network(D_IN, depth, 24, parameterization, seed=3, dtype=torch.float64)
-    x1, x2 = unit_rows(6, seed=1), unit_rows(4, seed=2)
-    full = jacobian_ntk(net, np.vstack([x1, x2]))
-    np.testing.assert_allclose(empirical_ntk(net, x1, x2), full[:6, 6:], rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(empirical_ntk(net, x1), full[:6, :6], rtol=1e-12, atol=1e-14)
-
-
 # ---------------------------------------------------------------- construction
 
 
