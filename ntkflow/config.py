@@ -8,12 +8,10 @@ run's formula variant through pydantic's validation context (published NTKJ exis
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
 import re
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -282,59 +280,6 @@ def test_size(n_obs: int, test_fraction: float) -> int:
 test_size.__test__ = False  # not a pytest test despite its name
 
 
-# ---- presets ----------------------------------------------------------------------------------
-_PAPER_NETS = {"width": 10_000, "epochs": [3000, 6000], "batch_size": 8, "lr": 0.002}
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"formulas": "published", "trials": 50, "networks": _PAPER_NETS},
-    "paper-corrected": {"formulas": "exact", "trials": 50, "networks": _PAPER_NETS},
-    "quick": {
-        "formulas": "exact",
-        "trials": 8,
-        # the paper's linearized times t = 2ηE/B = 1.5 (NN1) and 3 (NN2) with 10× its lr
-        # (benchmarks/theory_trajectory.py: same trajectory as η/4 with 4× the epochs)
-        "networks": {"width": 512, "lr": 0.02, "epochs": [300, 600], "log_every": 10},
-    },
-    "smoke": {
-        "formulas": "exact",
-        "trials": 2,
-        "data": {"n_obs": 120},
-        "networks": {"width": 64, "epochs": [3, 3], "log_every": 1},
-        "compute": {"gram_block": 64},
-    },
-}
-PRESET_HELP = {
-    "paper": "the paper's table: published formulas, 50 trials, width-10,000 networks (GPUs)",
-    "paper-corrected": "as paper with the exact kernel formulas",
-    "quick": "default: exact formulas, 8 trials, width-512 networks trained to the paper's t",
-    "smoke": "tiny, for tests: 2 trials of 120 rows, networks of width 64",
-}
-DEFAULT_PRESET = "quick"
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def parse_set(item: str) -> dict[str, Any]:
-    """``a.b=VALUE`` → ``{"a": {"b": VALUE}}`` with VALUE parsed as YAML."""
-    key, sep, raw = item.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not p for p in key.split(".")):
-        raise ConfigError([(item, "expected KEY=VALUE with a dotted KEY, e.g. trials=4")])
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError([(key, f"value {raw!r} is not valid YAML: {e}")]) from e
-    return _nest(key, value)
-
-
 def _field_name(loc: tuple) -> str:
     return ".".join(str(p) for p in loc if not str(p).startswith("function-")) or "(config)"
 
@@ -361,61 +306,6 @@ def validate(raw: dict[str, Any]) -> Config:
                 msg = f"{msg} (got {err['input']!r})"
             errors.append((field, msg))
         raise ConfigError(errors) from None
-
-
-def load_config(
-    preset: str | None = None,
-    config_file: str | Path | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
-    **explicit: Any,
-) -> Config:
-    """preset ← YAML file ← ``--set`` overrides ← explicit keyword values (CLI flags)."""
-    name = DEFAULT_PRESET if preset is None else preset  # "" is an error, not the default
-    if name not in PRESETS:
-        raise ConfigError([("preset", f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")])
-    raw = copy.deepcopy(PRESETS[name])
-    if config_file is not None:
-        path = Path(config_file)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise ConfigError(
-                [("--config", f"cannot read {str(path)!r}: {yaml_error_text(e)}")]
-            ) from e
-        if not isinstance(loaded, dict):
-            raise ConfigError([("--config", f"{str(path)!r} must hold a mapping")])
-        raw = _merge(raw, loaded)
-    errors = []
-    for item in overrides:
-        try:
-            raw = _merge(raw, parse_set(item))
-        except ConfigError as e:
-            errors += e.errors
-    if errors:
-        raise ConfigError(errors)
-    for key, value in explicit.items():
-        if value is not None:
-            raw = _merge(raw, _nest(key, value))
-    return validate(raw)
-
-
-def yaml_error_text(e: Exception) -> str:
-    """A YAML (or decoding) error in one line: the problem and where, without the echo."""
-    mark = getattr(e, "problem_mark", None)
-    problem = getattr(e, "problem", None)
-    if problem and mark is not None:
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return " ".join(str(e).split())
-
-
-def _nest(dotted: str, value: Any) -> dict[str, Any]:
-    node: dict[str, Any] = {}
-    cur = node
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        cur = cur.setdefault(p, {})
-    cur[parts[-1]] = value
-    return node
 
 
 def to_yaml(cfg: Config, provenance: dict | None = None) -> str:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ntkflow.config import load_config
+from ntkflow.presets import load_config
 from ntkflow.data import keras_split, sample_gp, simulate, trial_seed
 from ntkflow.kernels import kernel
 

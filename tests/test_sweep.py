@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from ntkflow import report, trial
-from ntkflow.config import ConfigError, load_config
+from ntkflow.config import ConfigError
+from ntkflow.presets import load_config
 from ntkflow.store import Store
 
 SMALL = ["kernels=[NTKB1, K1]"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ntkflow import report, trial
-from ntkflow.config import load_config
+from ntkflow.presets import load_config
 from ntkflow.store import Store
 
 KERNELS_ONLY = ["networks.enabled=false", "kernels=[NTKB1, NTKJ2, K1]"]
