@@ -91,47 +91,67 @@ def checksum(array, chunks: tuple[int, int]) -> str:
 
 
 def write_gram(
-    zstore, k, x, train, test, block: int = 2048, scheduler="threads", extra_attrs=None
+    zstore,
+    k,
+    x,
+    train,
+    test,
+    block: int = 2048,
+    scheduler="threads",
+    extra_attrs=None,
+    keep: dict | None = None,
 ) -> dict:
-    """Compute K(X_train, X_train) and K(X_test, X_train) blockwise into the Zarr group
-    (``extra_attrs``, e.g. the item key, are stored with the kernel's attributes)."""
+    """Compute K(X_train, X_train) and K(X_test, X_train) into the Zarr group (``extra_attrs``,
+    e.g. the item key, are stored with the kernel's attributes).
+
+    A Gram that fits one block is computed in memory and written one call per array, with its
+    checksums taken from the arrays as written (no Dask graph, no read-back); its host arrays
+    are put into ``keep`` when given (so the solve need not read them back). Larger Grams are
+    computed blockwise through Dask and hashed chunk by chunk from the store (bounded memory).
+    """
     xtr, xte = x[train], x[test]
+    shapes = {"train_train": (len(xtr), len(xtr)), "test_train": (len(xte), len(xtr))}
+    chunks = {name: tuple(block_size(n, block) for n in s) for name, s in shapes.items()}
+    attrs = {
+        "kernel": k.name,
+        "formulas": k.formulas,
+        "params": {key: float(v) for key, v in k.params.items()},
+        "shapes": {name: list(s) for name, s in shapes.items()},
+        "dtype": "float64",
+        "block": block,
+        **(extra_attrs or {}),
+    }
+    # Zarr chunks are the blocks (aligned writes, no locks), and dense float64 Grams barely
+    # compress (~15%) while compression costs more time than the write itself.
+    if all(chunks[name] == s for name, s in shapes.items()):
+        host = {
+            "train_train": np.ascontiguousarray(_to_host(k(xtr)), dtype="<f8"),
+            "test_train": np.ascontiguousarray(_to_host(k(xte, xtr)), dtype="<f8"),
+        }
+        sums = {name: hashlib.sha256(a.tobytes()).hexdigest() for name, a in host.items()}
+        done = {**attrs, "sha256": sums, "complete": True}  # checksum(a, a.shape) of each
+        group = zarr.open_group(zstore, mode="w", attributes=done)
+        for name, a in host.items():
+            group.create_array(name, data=a, chunks=a.shape, compressors=None)
+        if keep is not None:
+            keep.update(host)
+        return done
+    group = zarr.open_group(zstore, mode="w", attributes={**attrs, "complete": False})
     threads = 1 if scheduler == "threads" else None
     arrays = {
         "train_train": gram_dask(k, xtr, None, block, threads),
         "test_train": gram_dask(k, xte, xtr, block, threads),
     }
-    group = zarr.open_group(zstore, mode="w")
-    attrs = {
-        "kernel": k.name,
-        "formulas": k.formulas,
-        "params": {key: float(v) for key, v in k.params.items()},
-        "shapes": {name: list(a.shape) for name, a in arrays.items()},
-        "dtype": "float64",
-        "block": block,
-        "complete": False,
-        **(extra_attrs or {}),
-    }
-    group.attrs.update(attrs)
-    # Zarr chunks are the Dask blocks (aligned writes, no locks), and dense float64
-    # Grams barely compress (~15%) while compression costs more time than the write itself.
     targets = [
-        group.create_array(
-            name,
-            shape=a.shape,
-            chunks=tuple(block_size(n, block) for n in a.shape),
-            dtype="f8",
-            compressors=None,
-        )
-        for name, a in arrays.items()
+        group.create_array(n, shape=shapes[n], chunks=chunks[n], dtype="f8", compressors=None)
+        for n in arrays
     ]
     sources = [
         a.map_blocks(_to_host, dtype=np.float64, meta=np.empty((0, 0))) for a in arrays.values()
     ]
     da.store(sources, targets, lock=False, scheduler=scheduler)
-    # Checksums of what is on disk (read back chunk by chunk: bounded memory).
     sums = {t.basename: checksum(t, t.chunks) for t in targets}
-    group.attrs.update({"sha256": sums, "complete": True})
+    group.update_attributes({"sha256": sums, "complete": True})
     return {**attrs, "sha256": sums, "complete": True}
 
 

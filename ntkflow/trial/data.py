@@ -86,10 +86,9 @@ class DataItem(Item):
         }
 
         def fill(zstore):
-            group = zarr.open_group(zstore, mode="w")
+            group = zarr.open_group(zstore, mode="w", attributes={**info, "complete": True})
             for name, a in arrays.items():
                 group.create_array(name, data=a)
-            group.attrs.update({**info, "complete": True})
 
         write_group(t.store, t.path("data.zarr"), fill)
         t.data = TrialData(**arrays, info=info)

@@ -23,6 +23,7 @@ class GramItem(Item):
         super().__init__(t)
         self.name = name
         self.rel = t.gram_path(name)
+        self.arrays: dict = {}  # the host arrays of a Gram computed here in one block
 
     def section(self, method=None) -> dict:
         return {"kernel": self.name, "formulas": self.cfg.formulas}
@@ -67,6 +68,7 @@ class GramItem(Item):
                 block=self.cfg.compute.gram_block,
                 scheduler=t.scheduler,
                 extra_attrs=own,
+                keep=self.arrays,
             ),
         )
 
@@ -99,6 +101,9 @@ class KernelItem(RecordItem):
         reused = how == REUSED
 
         def solve():
+            if g.arrays:  # just computed in one block: solve in memory, nothing read back
+                k_train, k_test = g.arrays["train_train"], g.arrays["test_train"]
+                return krr.predict(k_test, k_train, d.y[d.train], ridge=self.cfg.krr.ridge)
             return krr.predict_stored(
                 t.store.zarr_store(g.rel, read_only=True),
                 d.y[d.train],
