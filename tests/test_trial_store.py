@@ -214,9 +214,11 @@ CORRUPTIONS = {
 }
 
 
+@pytest.mark.parametrize("networks", [False, True], ids=["kernels-only", "networks"])
 @pytest.mark.parametrize("what", list(CORRUPTIONS))
-def test_any_broken_artifact_is_recomputed_by_a_plain_rerun(tmp_path, what, caplog):
-    cfg = _cfg("kernels=[NTKB1, NTKJ2, K1]", "trials=1")
+def test_any_broken_artifact_is_recomputed_by_a_plain_rerun(tmp_path, what, networks, caplog):
+    nets = ["networks.enabled=true", "networks.depths=[1]", "networks.epochs=[2]"]
+    cfg = _cfg("kernels=[NTKB1, NTKJ2, K1]", "trials=1", *(nets if networks else []))
     store = Store(tmp_path)
     ref = trial.run_trial(cfg, store, 0)["methods"]
     t = tmp_path / "trials/000"
@@ -229,7 +231,8 @@ def test_any_broken_artifact_is_recomputed_by_a_plain_rerun(tmp_path, what, capl
     assert logged in caplog.text  # the rerun names what was wrong
     assert {m: again["methods"][m]["rmse"] for m in ref} == {m: ref[m]["rmse"] for m in ref}
     assert trial.complete(cfg, store, 0, deep=True) is not None
-    assert sorted(p.name for p in (t / "gram").iterdir()) == ["K1.zarr", "NTKB1.zarr", "NTKJ2.zarr"]
+    grams = sorted(f"{name}.zarr" for name in cfg.gram_kernels)  # + NTKJ1 with the network
+    assert sorted(p.name for p in (t / "gram").iterdir()) == grams
     assert not list(tmp_path.rglob(".tmp-*")) and not list(tmp_path.rglob(".trash-*"))
 
 
