@@ -91,7 +91,7 @@ def backend(work: Path, name: str, trials: int, workers: int) -> dict:
         cmd = [
             sys.executable,
             "-m",
-            "ntkflow.cli",
+            "flows.cli",
             "run",
             "--preset",
             "smoke",

@@ -35,7 +35,7 @@ def main() -> None:
         cmd = [
             sys.executable,
             "-m",
-            "ntkflow.cli",
+            "flows.cli",
             "run",
             "--preset",
             a.preset,

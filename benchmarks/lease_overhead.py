@@ -62,7 +62,7 @@ def run(preset: str, leases: bool, tmp: str) -> float:
     env.pop("PREFECT_API_URL", None)
     env["NTKFLOW_LEASES"] = "1" if leases else "0"
     out = f"{tmp}/runs-{'on' if leases else 'off'}-{time.monotonic_ns()}"
-    cmd = [sys.executable, "-m", "ntkflow.cli", "run", "--preset", preset, "--kernels-only"]
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--preset", preset, "--kernels-only"]
     t0 = time.perf_counter()
     res = subprocess.run([*cmd, "--out", out], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0

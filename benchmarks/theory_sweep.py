@@ -32,7 +32,7 @@ def run_sweep(depth: int, widths: str, trials: int, out: str, workers: int) -> d
     cmd = [
         sys.executable,
         "-m",
-        "ntkflow.cli",
+        "flows.cli",
         "sweep",
         "--preset",
         "quick",

@@ -1,4 +1,5 @@
-"""Prefect and Dask around a flow run: the embedded API and the task runner."""
+"""Prefect and Dask around a flow run: the embedded API, the workers (Prefect API URL, the
+resources a training needs), the task runner, and signals (nothing is left running)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,28 @@ def prepare_workers(client, api_url: str | None) -> int:
     if api_url:
         client.register_plugin(PrefectAPIPlugin(api_url))
     return len(compute.worker_resources(client))
+
+
+def train_resources(client, declared: dict | None) -> dict:
+    """The Dask resources a training task asks for: those the cluster plan declares, else
+    (an existing scheduler) GPU=1 where the connected workers declare GPUs."""
+    if declared is not None:
+        return declared
+    return {"GPU": 1} if compute.cluster_has_gpus(client) else {}
+
+
+def dask_client():
+    """The flow's Dask client: its DaskTaskRunner's (which is not registered as the default
+    client, so ``distributed.get_client()`` alone finds none in the flow). ValueError if none."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    client = getattr(getattr(ctx, "task_runner", None), "client", None)
+    if client is None:
+        from distributed import get_client
+
+        return get_client()
+    return client
 
 
 def task_runner_at(address: str):

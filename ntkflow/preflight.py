@@ -19,6 +19,16 @@ class PlaceError(Exception):
     """A bad ``--out`` or ``--cluster`` (a usage error: exit status 2)."""
 
 
+def open_store(out: str) -> Store:
+    """The store at ``out``; ConfigError (field ``out``) when it cannot be opened."""
+    from ntkflow.config import ConfigError
+
+    try:
+        return Store(out)
+    except (ImportError, ValueError, OSError) as e:
+        raise ConfigError([("out", f"cannot open the store {out!r}: {e}")]) from e
+
+
 def check_out(url: str) -> None:
     """``url`` is a folder or fsspec URL this process can create files in, read and delete."""
     if not str(url).strip():

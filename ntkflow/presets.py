@@ -4,6 +4,8 @@ overrides ← explicit values (the CLI's flags). This module is the one reader o
 from __future__ import annotations
 
 import copy
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +119,49 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
         cur = cur.setdefault(p, {})
     cur[parts[-1]] = value
     return node
+
+
+# ---- a deployment's parameters --------------------------------------------------------------
+Overrides = list[str] | Mapping[str, Any] | None
+
+
+def override_strings(overrides: Overrides) -> list[str]:
+    """``--set`` strings from ``a.b=VALUE`` strings or a mapping (nested or dotted keys).
+
+    A mapping is flattened to its leaves and each value written as JSON, which is YAML, so
+    ``{"faults": {"fail_trials": [1]}}`` and ``["faults.fail_trials=[1]"]`` mean the same.
+    """
+    if overrides is None:
+        return []
+    if isinstance(overrides, str):
+        why = f"expected a list of KEY=VALUE strings or a mapping, got the string {overrides!r}"
+        raise ConfigError([("overrides", why)])
+    if isinstance(overrides, Mapping):
+        return [f"{k}={json.dumps(v)}" for k, v in _leaves(overrides)]
+    bad = [o for o in overrides if not isinstance(o, str)]
+    if bad:
+        raise ConfigError([("overrides", f"entries must be KEY=VALUE strings, got {bad!r}")])
+    return list(overrides)
+
+
+def _leaves(m: Mapping, prefix: str = ""):
+    for k, v in m.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            yield from _leaves(v, key + ".")
+        else:
+            yield key, v
+
+
+def build_config(
+    preset: str | None = None,
+    overrides: Overrides = None,
+    cluster: str | None = None,
+    kernels_only: bool = False,
+) -> Config:
+    """The validated config of a deployment run from its parameters (ConfigError names each
+    bad field)."""
+    explicit: dict[str, Any] = {"compute.cluster": cluster}
+    if kernels_only:
+        explicit["networks.enabled"] = False
+    return load_config(preset, None, override_strings(overrides), **explicit)

@@ -47,7 +47,7 @@ def run_cli(prefect_home):
         if not (env or {}).get("PREFECT_API_URL"):
             full.pop("PREFECT_API_URL", None)
         exe = shutil.which("ntkflow", path=str(Path(sys.executable).parent))
-        cmd = [exe] if exe else [sys.executable, "-m", "ntkflow.cli"]
+        cmd = [exe] if exe else [sys.executable, "-m", "flows.cli"]
         return subprocess.run(
             cmd + list(args), cwd=ROOT, env=full, capture_output=True, text=True, timeout=timeout
         )

@@ -26,7 +26,7 @@ def launch(args, log: Path, home: Path, env=None) -> subprocess.Popen:
     }
     full.pop("PREFECT_API_URL", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "ntkflow.cli", *args],
+        [sys.executable, "-m", "flows.cli", *args],
         cwd=ROOT,
         env=full,
         stdout=log.open("w"),

@@ -9,7 +9,7 @@ import pytest
 from launch import kill_tree, launch, n_complete, summary
 
 from ntkflow import report as rep
-from ntkflow.config import load_config
+from ntkflow.presets import load_config
 from ntkflow.store import Store
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ntkflow.config import load_config
+from ntkflow.presets import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS_ONLY = ["run", "--preset", "smoke", "--kernels-only"]
@@ -180,7 +180,7 @@ def _progress(lines, tmp_path) -> dict:
     import re
     import urllib.request
 
-    from flows.experiment import _artifact_key
+    from flows.artifacts import artifact_key as _artifact_key
 
     api = re.search(r"Prefect API (\S+) \(embedded\)", "".join(lines))[1]
     cfg = load_config("smoke", overrides=RUN_SETTINGS)
@@ -212,7 +212,7 @@ def _start_run(tmp_path, prefect_home):
     cmd = [
         sys.executable,
         "-m",
-        "ntkflow.cli",
+        "flows.cli",
         "run",
         "--preset",
         "smoke",

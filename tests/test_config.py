@@ -3,8 +3,9 @@
 import pytest
 import yaml
 
-from ntkflow.cli import main
-from ntkflow.config import PRESETS, Config, ConfigError, load_config, parse_set, test_size, validate
+from flows.cli import main
+from ntkflow.config import Config, ConfigError, test_size, validate
+from ntkflow.presets import PRESETS, load_config, parse_set
 
 
 def test_presets_resolve_to_spec_values():

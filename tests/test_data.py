@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from ntkflow.presets import load_config
 from ntkflow.data import keras_split, sample_gp, simulate, trial_seed
 from ntkflow.kernels import kernel
+from ntkflow.presets import load_config
 
 
 @pytest.fixture(scope="module")

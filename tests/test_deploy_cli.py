@@ -8,9 +8,10 @@ import os
 import pytest
 import yaml
 
-from ntkflow import launch
-from ntkflow.cli import _flow_parameters, _load, _parser
-from ntkflow.config import ConfigError, load_config
+from flows.cli import _load, _parser, flow_parameters
+from flows.experiment import resolve_config
+from ntkflow.config import ConfigError
+from ntkflow.presets import build_config, load_config
 
 SMOKE = ["run", "--preset", "smoke", "--set", "compute.n_workers=1"]
 
@@ -33,13 +34,14 @@ def test_cli_flags_become_flow_parameters_of_the_same_run(tmp_path):
         "--kernels-only",
     ]
     args = _parser().parse_args(argv)
-    params = _flow_parameters(args)
-    assert set(params) == {"preset", "overrides", "out", "cluster", "kernels_only"}
-    json.dumps(params)  # what a deployment run sends through the API
-    from_flow = launch.build_config(
-        params["preset"], params["overrides"], params["cluster"], params["kernels_only"]
+    from_cli = _load(args)  # the command line, parsed once
+    params = flow_parameters(args, from_cli)
+    assert set(params) == {"preset", "out", "cluster", "kernels_only", "config"}
+    # what a flow run records and a retry sends back through the API: JSON
+    sent = json.loads(json.dumps({**params, "config": params["config"].model_dump(mode="json")}))
+    from_flow = resolve_config(
+        **{k: sent[k] for k in ("preset", "cluster", "kernels_only")}, config=sent["config"]
     )
-    from_cli = _load(args)
     assert from_flow == from_cli and from_flow.run_id == from_cli.run_id
     assert from_flow.trials == 3 and from_flow.compute.n_workers == 2
 
@@ -48,25 +50,26 @@ def test_sweep_flags_reach_the_flow():
     """Every flag that sets a config key (--widths, --keep-stale, ...) reaches the flow's config."""
     argv = ["sweep", "--preset", "smoke", "--widths", "16,32", "--keep-stale", "--workers", "1"]
     args = _parser().parse_args(argv)
-    params = _flow_parameters(args)
-    json.dumps(params)
-    from_flow = launch.build_config(
-        params["preset"], params["overrides"], params["cluster"], params["kernels_only"]
-    )
+    params = flow_parameters(args, _load(args))
+    config = json.loads(params["config"].model_dump_json())
+    from_flow = resolve_config(config=config)
     assert from_flow == _load(args)
     assert from_flow.networks.widths == [16, 32] and from_flow.compute.keep_stale
+    # the same experiment as a deployment's parameters lands in the same run folder
+    sets = ["networks.widths=[16, 32]", "compute.keep_stale=true", "compute.n_workers=1"]
+    assert build_config("smoke", sets).run_id == from_flow.run_id
 
 
 def test_overrides_as_strings_or_mapping_mean_the_same():
-    as_strings = launch.build_config("smoke", ["faults.fail_trials=[1]", "networks.width=16"])
-    nested = launch.build_config("smoke", {"faults": {"fail_trials": [1]}, "networks.width": 16})
+    as_strings = build_config("smoke", ["faults.fail_trials=[1]", "networks.width=16"])
+    nested = build_config("smoke", {"faults": {"fail_trials": [1]}, "networks.width": 16})
     assert as_strings == nested and as_strings.networks.width == 16
     with pytest.raises(ConfigError, match="overrides: expected a list"):
-        launch.build_config("smoke", "trials=3")
+        build_config("smoke", "trials=3")
     with pytest.raises(ConfigError, match="networks.width"):
-        launch.build_config("smoke", {"networks": {"width": -1}})
-    assert launch.build_config("smoke", None, "cuda", True).compute.cluster == "cuda"
-    assert not launch.build_config("smoke", None, None, True).networks.enabled
+        build_config("smoke", {"networks": {"width": -1}})
+    assert build_config("smoke", None, "cuda", True).compute.cluster == "cuda"
+    assert not build_config("smoke", None, None, True).networks.enabled
 
 
 def _refused(res, out, *needles):
@@ -140,6 +143,7 @@ def test_store_the_workers_cannot_reach(tmp_path, run_cli):
 def test_flow_parameters_defaults_are_the_cli_defaults():
     from flows.experiment import experiment
 
-    params = _flow_parameters(_parser().parse_args(["run"]))
+    args = _parser().parse_args(["run"])
+    params = flow_parameters(args, _load(args))
     defaults = {k: v.default for k, v in inspect.signature(experiment.fn).parameters.items()}
     assert params["preset"] == defaults["preset"] and params["out"] == defaults["out"]

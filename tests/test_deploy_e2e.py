@@ -8,7 +8,7 @@ import time
 import pytest
 import servers as S
 
-from ntkflow.config import load_config
+from ntkflow.presets import load_config
 
 pytestmark = pytest.mark.slow
 

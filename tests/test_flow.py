@@ -12,7 +12,7 @@ import pytest
 import servers as S
 import yaml
 
-from ntkflow.config import load_config
+from ntkflow.presets import load_config
 from ntkflow.store import Store
 
 pytestmark = pytest.mark.slow

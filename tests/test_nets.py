@@ -309,7 +309,7 @@ def test_divergence_stops_at_once():
     # transient failures it exists for (a lost worker) are retried.
     from prefect.states import Failed
 
-    from flows.experiment import _transient
+    from flows.tasks import _transient
 
     class KilledWorker(Exception):  # distributed's name for a lost worker
         pass

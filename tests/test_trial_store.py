@@ -337,7 +337,7 @@ def test_network_items_are_keyed_without_log_every(tmp_path):
 
 
 def test_verify_and_report_commands(tmp_path, capsys):
-    from ntkflow.cli import main
+    from flows.cli import main
     from ntkflow.config import to_yaml
 
     cfg = _cfg()

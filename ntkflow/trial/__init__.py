@@ -37,6 +37,7 @@ __all__ = [
     "load_data",
     "load_result",
     "method_key",
+    "recorded_error",
     "network_part",
     "run_trial",
     "theory_part",
@@ -47,6 +48,11 @@ __all__ = [
 def load_result(store, k: int) -> dict | None:
     """Trial k's verified result.json, or None (missing, truncated or corrupted)."""
     return store.read_json(f"{trial_dir(k)}/result.json", verify=True)
+
+
+def recorded_error(store, k: int) -> str | None:
+    """The last failure recorded in trial k's error.json, if any."""
+    return (store.read_json(f"{trial_dir(k)}/error.json") or {}).get("error")
 
 
 def complete(cfg, store, k: int, deep: bool = False, quiet: bool = False) -> dict | None:

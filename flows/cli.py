@@ -1,4 +1,5 @@
-"""The ``ntkflow`` command: run an experiment, re-aggregate a run, list presets."""
+"""The ``ntkflow`` command: run an experiment (the flow ``experiment``), verify or re-aggregate
+a run folder, list presets. It lives in flows/ because it starts Prefect."""
 
 from __future__ import annotations
 
@@ -7,14 +8,8 @@ import os
 import sys
 import time
 
-from ntkflow.config import (
-    DEFAULT_PRESET,
-    PRESET_HELP,
-    PRESETS,
-    ConfigError,
-    load_config,
-    to_yaml,
-)
+from ntkflow.config import ConfigError, to_yaml
+from ntkflow.presets import DEFAULT_PRESET, PRESET_HELP, PRESETS, load_config
 
 EXIT_CONFIG = 2
 
@@ -119,38 +114,29 @@ def _load(args):
     return load_config(args.preset, args.config, args.sets, **explicit)
 
 
-def _flow_parameters(args) -> dict:
-    """The parameters of the flow ``experiment`` that reproduce this command's config: the
-    --config file and --set overrides, then the flags, as ``KEY=VALUE`` overrides (JSON values
-    are YAML)."""
-    import json
-
-    from ntkflow.launch import file_overrides
-
-    sets = file_overrides(args.config) if args.config else []
-    sets += args.sets
-    sets += [f"{k}={json.dumps(v)}" for k, v in _flags(args).items() if v is not None]
+def flow_parameters(args, cfg) -> dict:
+    """The parameters of the flow ``experiment`` for this command: the config parsed once
+    here (``config``), with the preset and the rest for the run's name and record."""
     return {
         "preset": args.preset or DEFAULT_PRESET,
-        "overrides": sets,
         "out": args.out,
-        "cluster": args.cluster,
+        "cluster": cfg.compute.cluster,
         "kernels_only": args.kernels_only,
+        "config": cfg,
     }
 
 
 def cmd_run(args) -> int:
-    from ntkflow import compute, launch
-    from ntkflow.preflight import PlaceError, check_cluster, check_out
+    from ntkflow.preflight import PlaceError, check_cluster, check_out, open_store
 
     # Every config, cluster and store error surfaces here, before any work and before the run
     # folder exists.
     cfg = _load(args)
-    params = {**_flow_parameters(args), "cluster": cfg.compute.cluster}
+    params = flow_parameters(args, cfg)
     check_out(args.out)
     check_cluster(cfg.compute.cluster, cfg.compute.connect_timeout)
-    compute.resolve_cluster(cfg.compute.cluster, cfg.compute)  # a spec file and its extra
-    store = launch.open_store(args.out).child(cfg.run_id)
+    # a spec file (and its extra) is checked by the flow, before any run folder exists
+    store = open_store(args.out).child(cfg.run_id)
     # Dask's INFO chatter (worker start/stop, closed comms at shutdown) hides the progress lines.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     from flows.runtime import exit_on_signals
@@ -204,7 +190,8 @@ def _run_folder(run_dir: str):
     """(config, store) of an existing run folder; (None, None) after saying why not."""
     import yaml
 
-    from ntkflow.config import validate, yaml_error_text
+    from ntkflow.config import validate
+    from ntkflow.presets import yaml_error_text
     from ntkflow.store import Store
 
     store = Store(run_dir)

@@ -1,0 +1,185 @@
+"""Storage and orchestration overhead against the science, side by side in one run.
+
+    python benchmarks/overhead.py [--preset paper] [--trials 50] [--workers 2] [--json PATH]
+
+Measures, on the kernels-only part of a preset (the paper's: 9 kernels, n_obs = 1000):
+
+  floor        the science alone: every kernel's Gram evaluated in memory and its kernel
+               regression solved, summed over all trials, divided by the workers
+  plain pool   ``run_trial`` for every trial in a plain process pool (no Prefect, no Dask
+               cluster), into a fresh store
+  flow         the whole command ``ntkflow run --kernels-only`` into a fresh folder
+  no-op rerun  the same command again, with nothing to compute
+  split        one trial in one process, profiled: science (kernel evaluation, solves, data
+               simulation), storage (Zarr, the store, hashing, JSON) and the rest of the trial
+               (items, leases, records); orchestration per trial is the flow's wall time per
+               trial and worker less what one trial takes in one process.
+
+Prints a table and writes JSON (benchmarks/results/overhead.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CLI = [sys.executable, "-m", "flows.cli"]
+
+
+def _config(preset: str, trials: int):
+    from ntkflow.presets import load_config
+
+    return load_config(preset, overrides=["networks.enabled=false", f"trials={trials}"])
+
+
+def _floor_one(args) -> tuple[float, float]:
+    """Seconds of the science of one trial: its Grams evaluated in memory and their solves;
+    and the simulation of its data."""
+    preset, trials, k = args
+    from ntkflow import krr
+    from ntkflow.data import simulate
+    from ntkflow.kernels import kernel
+
+    cfg = _config(preset, trials)
+    t0 = time.perf_counter()
+    d = simulate(cfg, k)
+    t1 = time.perf_counter()
+    xtr, xte = d.x[d.train], d.x[d.test]
+    for name in cfg.gram_kernels:
+        kern = kernel(name, formulas=cfg.formulas)
+        krr.predict(kern(xte, xtr), kern(xtr), d.y[d.train], ridge=cfg.krr.ridge)
+    return time.perf_counter() - t1, t1 - t0
+
+
+def _trial_one(args) -> float:
+    preset, trials, k, out = args
+    from ntkflow import trial
+    from ntkflow.store import Store
+
+    cfg = _config(preset, trials)
+    t0 = time.perf_counter()
+    trial.run_trial(cfg, Store(out).child(cfg.run_id), k)
+    return time.perf_counter() - t0
+
+
+STORAGE = ("ntkflow/store.py", "/zarr/", "/fsspec/")  # and SHA-256: see _split
+
+
+def _split(preset: str, trials: int, tmp: str) -> dict:
+    """One trial (after a warm-up trial) in one process: its wall time, its science measured
+    alone on the same trial, and its storage from a profile of the trial (Zarr through its event
+    loop, the store's files, SHA-256, each counted once from callers outside storage code)."""
+    from ntkflow import trial
+    from ntkflow.store import Store
+
+    cfg = _config(preset, trials)
+    store = Store(f"{tmp}/profile")
+    trial.run_trial(cfg, store, 0)
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    trial.run_trial(cfg, store, 1)
+    prof.disable()
+    wall = time.perf_counter() - t0
+    science = sum(min(_floor_one((preset, trials, 1))[i] for _ in range(3)) for i in (0, 1))
+
+    def own(key):
+        return any(s in key[0] for s in STORAGE)
+
+    storage = 0.0
+    for key, row in pstats.Stats(prof).stats.items():
+        if own(key) or "sha256" in key[2]:
+            storage += sum(c[3] for caller, c in row[4].items() if not own(caller))
+    return {"wall": wall, "science": science, "storage": storage}
+
+
+def _command(preset: str, trials: int, workers: int, out: str, home: str) -> tuple[float, str]:
+    env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    args = ["run", "--preset", preset, "--kernels-only", "--set", f"trials={trials}"]
+    args += ["--workers", str(workers), "--out", out]
+    t0 = time.perf_counter()
+    res = subprocess.run(CLI + args, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        sys.exit(f"ntkflow run failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    return wall, res.stderr
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--trials", type=int, default=50)
+    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--json", default=str(HERE / "results" / "overhead.json"))
+    a = p.parse_args()
+    w, n = a.workers, a.trials
+    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(w) as pool:
+        floor_each = [f for f, _ in pool.map(_floor_one, [(a.preset, n, k) for k in range(n)])]
+        t0 = time.perf_counter()
+        pool_each = list(pool.map(_trial_one, [(a.preset, n, k, f"{tmp}/pool") for k in range(n)]))
+        pool_wall = time.perf_counter() - t0
+        split = _split(a.preset, n, tmp)
+        home = f"{tmp}/prefect-home"
+        flow_wall, _ = _command(a.preset, n, w, f"{tmp}/runs", home)
+        noop_wall, noop_log = _command(a.preset, n, w, f"{tmp}/runs", home)
+    floor = sum(floor_each) / w
+    science = split["science"]
+    rest = max(0.0, split["wall"] - science - split["storage"])
+    orchestration = max(0.0, flow_wall * w / n - split["wall"])
+    out = {
+        "preset": a.preset,
+        "trials": n,
+        "workers": w,
+        "floor_seconds": floor,
+        "plain_pool_seconds": pool_wall,
+        "plain_pool_trial_seconds_mean": sum(pool_each) / n,
+        "flow_seconds": flow_wall,
+        "flow_over_floor": flow_wall / floor,
+        "noop_rerun_seconds": noop_wall,
+        "per_trial": {
+            **split,
+            "trial_rest": rest,
+            "orchestration": orchestration,
+            "storage_share_of_science": split["storage"] / science,
+            "overhead_share_of_science": (split["wall"] - science + orchestration) / science,
+        },
+        "noop_rerun_log_tail": noop_log[-600:],
+        "cpu_count": os.cpu_count(),
+    }
+    rows = [
+        ("compute floor (science / workers)", f"{floor:.1f} s"),
+        ("plain pool of run_trial", f"{pool_wall:.1f} s"),
+        ("ntkflow run, whole command", f"{flow_wall:.1f} s ({flow_wall / floor:.2f}× floor)"),
+        ("no-op rerun, whole command", f"{noop_wall:.1f} s"),
+        ("one trial in one process", f"{split['wall']:.3f} s"),
+        ("  science", f"{science:.3f} s"),
+        ("  storage", f"{split['storage']:.3f} s ({split['storage'] / science:.0%} of science)"),
+        ("  rest of the trial (items, leases)", f"{rest:.3f} s"),
+        ("  orchestration (flow, per trial)", f"{orchestration:.3f} s"),
+        (
+            "  storage + orchestration + rest",
+            f"{out['per_trial']['overhead_share_of_science']:.0%} of science",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{a.preset} --kernels-only, {n} trials, {w} workers, {os.cpu_count()} cores")
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The thin Prefect tasks of one trial, with their retry policy.
+
+Each task opens trial k of the store (:class:`ntkflow.trial.Trial`), runs one leased step of
+:mod:`ntkflow.trial.steps` and returns a small JSON-able record; the store stays the ground
+truth. A step whose upstream step failed is still a task run: it receives the upstream's outcome
+(``allow_failure``) and ends at once in a Failed state named ``UpstreamFailed`` that names the
+first failure, so nothing stays Pending in the UI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prefect import get_run_logger, task
+from prefect.states import Failed
+
+from flows.progress import epoch_logger
+from ntkflow import compute, preflight, report
+from ntkflow import trial as tr
+from ntkflow.config import Config
+from ntkflow.names import network_spec, network_specs
+from ntkflow.store import Store
+
+TRANSIENT = {
+    "KilledWorker",
+    "CommClosedError",
+    "ConnectionError",
+    "TimeoutError",
+    "OutOfMemoryError",
+}
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry only what a second attempt can fix: a lost worker, a dropped connection, CUDA OOM."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - classification only
+        return type(exc).__name__ in TRANSIENT or "CUDA out of memory" in str(exc)
+    return False
+
+
+RETRY = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": _transient}
+
+
+class UpstreamFailed(RuntimeError):
+    """A trial's later step was not run because an earlier one failed."""
+
+
+def upstream_error(t: tr.Trial, name: str, upstream) -> str | None:
+    """What a step names as its cause when ``upstream`` (the outcome of the step ``name`` before
+    it, passed with ``allow_failure``) is an exception: an UpstreamFailed is passed on as it is
+    (the first failure), any other failure is named with the trial's recorded error."""
+    if not isinstance(upstream, BaseException):
+        return None
+    if isinstance(upstream, UpstreamFailed):
+        return str(upstream).removeprefix("not run: ")
+    recorded = t.error()
+    return f"{name} failed ({recorded or f'{type(upstream).__name__}: {upstream}'})"
+
+
+def _not_run(cause: str):
+    msg = f"not run: {cause}"
+    return Failed(name="UpstreamFailed", message=msg, data=UpstreamFailed(msg))
+
+
+@contextlib.contextmanager
+def _logged_errors(t: tr.Trial):
+    """Record a failure in the trial's error.json and log its traceback in the task's logs
+    (Prefect itself logs it only once retries are used up, which a deterministic error skips)."""
+    try:
+        with t.recording_errors():
+            yield
+    except Exception as exc:
+        get_run_logger().error("%s failed: %s: %s", t.name, type(exc).__name__, exc, exc_info=True)
+        raise
+
+
+def _network_task_name(step: str):
+    """Task run name ``trial-007/<step>/NN1`` (``NN1@w1024`` in a width sweep)."""
+
+    def name() -> str:
+        from prefect.runtime import task_run
+
+        p = task_run.parameters
+        spec = network_spec(p["cfg"], p["depth"], p.get("width"))
+        return f"trial-{p['k']:03d}/{step}/{spec.name}"
+
+    return name
+
+
+def _network_trial(cfg: Config, out: str, k: int) -> tr.Trial:
+    """Trial k for a network step, with torch's threads set for this worker (imported only by
+    steps that run: a step after a failed one ends before it)."""
+    from ntkflow.train import set_torch_threads
+
+    set_torch_threads(cfg.compute.threads_per_worker)
+    return tr.Trial(cfg, Store(out), k, device=compute.torch_device())
+
+
+@task(task_run_name="check-store", retries=0)
+def store_check_task(out: str, token: str) -> str:
+    """On a worker: write a probe file into the store (the flow reads it back)."""
+    return preflight.probe_write(out, token)
+
+
+@task(task_run_name="trial-{k:03d}", **RETRY)
+def trial_task(cfg: Config, out: str, k: int, versions: dict) -> dict:
+    """Data and every kernel of trial k; finishes the trial when it has no networks."""
+    t = tr.Trial(cfg, Store(out), k, versions)
+    log = get_run_logger()
+    with _logged_errors(t):  # under the trial's lease; waits for a live holder
+        status = tr.kernel_part(t, on_wait=log.info)
+    if status == tr.ELSEWHERE:
+        log.info("%s was finished by another run", t.name)
+    return {"trial": k, "status": status}
+
+
+@task(task_run_name=_network_task_name("train"), **RETRY)
+def train_task(cfg: Config, out: str, k: int, depth: int, width: int | None, upstream=None):
+    """One network of trial k, on the worker's GPU when it has one (dask-cuda pins cuda:0)."""
+    t = _network_trial(cfg, out, k)
+    cause = upstream_error(t, t.name, upstream)
+    if cause:
+        return _not_run(cause)
+    spec = network_spec(cfg, depth, width)
+    epochs = cfg.networks.epochs[cfg.networks.depths.index(depth)]
+    with _logged_errors(t):
+        progress = epoch_logger(k, spec.name, epochs)
+        item = tr.network_part(t, depth, width, progress, on_wait=get_run_logger().info)
+    return {"trial": k, "method": item["method"], "rmse": item["rmse"]}
+
+
+@task(task_run_name=_network_task_name("theory"), **RETRY)
+def theory_task(cfg: Config, out: str, k: int, depth: int, width: int | None, upstream=None):
+    """The linearized predictors and their agreement with the trained network (SPEC §6)."""
+    t = _network_trial(cfg, out, k)
+    cause = upstream_error(t, f"{t.name}/train/{network_spec(cfg, depth, width).name}", upstream)
+    if cause:
+        return _not_run(cause)
+    with _logged_errors(t):
+        items = tr.theory_part(t, depth, width, on_wait=get_run_logger().info)
+    return {"trial": k, "methods": {i["method"]: i["rmse"] for i in items}}
+
+
+@task(task_run_name="trial-{k:03d}/result", **RETRY)
+def finish_task(cfg: Config, out: str, k: int, versions: dict, upstream=None):
+    """result.json of trial k, after every network's theory (``upstream``: their outcomes)."""
+    t = tr.Trial(cfg, Store(out), k, versions)
+    for spec, outcome in zip(network_specs(cfg), upstream or [], strict=False):
+        cause = upstream_error(t, f"{t.name}/theory/{spec.name}", outcome)
+        if cause:
+            return _not_run(cause)
+    with _logged_errors(t):
+        return {"trial": k, "status": tr.finish_part(t, on_wait=get_run_logger().info)}
+
+
+@task(task_run_name="aggregate")
+def aggregate_task(cfg: Config, out: str, run_info: dict) -> dict:
+    return report.aggregate(cfg, Store(out), run_info)
