@@ -59,10 +59,6 @@ class ClusterError(ConfigError):
         return (ClusterError, (self.errors[0][1],))
 
 
-# Kept for callers that catch the old name.
-MissingGPUStack = ClusterError
-
-
 def _require(module: str, why: str = ""):
     try:
         return importlib.import_module(module)
@@ -296,17 +292,6 @@ def check_resources(client, required: dict) -> None:
             f"workers with `dask cuda worker ... --resources GPU=1` or use a CPU cluster "
             f"(--cluster local)"
         )
-
-
-def cluster_spec(compute: ComputeConfig) -> dict:
-    """Keyword arguments for prefect_dask.DaskTaskRunner (address or cluster class + kwargs)."""
-    plan = resolve_cluster(compute.cluster, compute)
-    if plan.address:
-        return {"address": plan.address}
-    out = {"cluster_class": plan.cluster_class, "cluster_kwargs": plan.kwargs}
-    if plan.adapt:
-        out["adapt_kwargs"] = plan.adapt
-    return out
 
 
 def torch_device() -> str:

@@ -42,10 +42,8 @@ def test_local_cuda_cluster_declares_gpu_resources():
     from ntkflow import compute
     from ntkflow.config import ComputeConfig
 
-    spec = compute.cluster_spec(ComputeConfig(cluster="cuda"))
-    import dask_cuda
-
-    with dask_cuda.LocalCUDACluster(**spec["cluster_kwargs"]) as cluster, Client(cluster) as c:
-        assert compute.cluster_has_gpus(c)
+    plan = compute.resolve_cluster("cuda", ComputeConfig(cluster="cuda"))
+    with compute.start_cluster(plan) as address, Client(address) as c:
+        assert compute.cluster_has_gpus(c) and plan.train_resources == {"GPU": 1}
         dev = c.submit(compute.torch_device, resources={"GPU": 1}).result()
         assert dev == "cuda:0"
