@@ -2,9 +2,9 @@
 
 Each task opens trial k of the store (:class:`ntkflow.trial.Trial`), runs one leased step of
 :mod:`ntkflow.trial.steps` and returns a small JSON-able record; the store stays the ground
-truth. A step whose upstream step failed is still a task run: it receives the upstream's outcome
-(``allow_failure``) and ends at once in a Failed state named ``UpstreamFailed`` that names the
-first failure, so nothing stays Pending in the UI.
+truth. A step whose upstream step failed is still submitted, with ``upstream_error`` naming the
+first failure: it ends at once in a Failed state named ``UpstreamFailed``, so nothing stays
+Pending in the UI.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from flows.progress import epoch_logger
 from ntkflow import compute, preflight, report
 from ntkflow import trial as tr
 from ntkflow.config import Config
-from ntkflow.names import network_spec, network_specs
+from ntkflow.names import network_spec
 from ntkflow.store import Store
 
 TRANSIENT = {
@@ -46,19 +46,9 @@ class UpstreamFailed(RuntimeError):
     """A trial's later step was not run because an earlier one failed."""
 
 
-def upstream_error(t: tr.Trial, name: str, upstream) -> str | None:
-    """What a step names as its cause when ``upstream`` (the outcome of the step ``name`` before
-    it, passed with ``allow_failure``) is an exception: an UpstreamFailed is passed on as it is
-    (the first failure), any other failure is named with the trial's recorded error."""
-    if not isinstance(upstream, BaseException):
-        return None
-    if isinstance(upstream, UpstreamFailed):
-        return str(upstream).removeprefix("not run: ")
-    recorded = t.error()
-    return f"{name} failed ({recorded or f'{type(upstream).__name__}: {upstream}'})"
-
-
-def _not_run(cause: str):
+def not_run(cause: str):
+    """The terminal state of a step that cannot run; ``cause`` names the failed step and its
+    error ("trial-001 failed (InjectedFault: ...)")."""
     msg = f"not run: {cause}"
     return Failed(name="UpstreamFailed", message=msg, data=UpstreamFailed(msg))
 
@@ -116,12 +106,13 @@ def trial_task(cfg: Config, out: str, k: int, versions: dict) -> dict:
 
 
 @task(task_run_name=_network_task_name("train"), **RETRY)
-def train_task(cfg: Config, out: str, k: int, depth: int, width: int | None, upstream=None):
+def train_task(
+    cfg: Config, out: str, k: int, depth: int, width: int | None, upstream_error: str | None
+):
     """One network of trial k, on the worker's GPU when it has one (dask-cuda pins cuda:0)."""
+    if upstream_error is not None:
+        return not_run(upstream_error)
     t = _network_trial(cfg, out, k)
-    cause = upstream_error(t, t.name, upstream)
-    if cause:
-        return _not_run(cause)
     spec = network_spec(cfg, depth, width)
     epochs = cfg.networks.epochs[cfg.networks.depths.index(depth)]
     with _logged_errors(t):
@@ -131,25 +122,24 @@ def train_task(cfg: Config, out: str, k: int, depth: int, width: int | None, ups
 
 
 @task(task_run_name=_network_task_name("theory"), **RETRY)
-def theory_task(cfg: Config, out: str, k: int, depth: int, width: int | None, upstream=None):
+def theory_task(
+    cfg: Config, out: str, k: int, depth: int, width: int | None, upstream_error: str | None
+):
     """The linearized predictors and their agreement with the trained network (SPEC §6)."""
+    if upstream_error is not None:
+        return not_run(upstream_error)
     t = _network_trial(cfg, out, k)
-    cause = upstream_error(t, f"{t.name}/train/{network_spec(cfg, depth, width).name}", upstream)
-    if cause:
-        return _not_run(cause)
     with _logged_errors(t):
         items = tr.theory_part(t, depth, width, on_wait=get_run_logger().info)
     return {"trial": k, "methods": {i["method"]: i["rmse"] for i in items}}
 
 
 @task(task_run_name="trial-{k:03d}/result", **RETRY)
-def finish_task(cfg: Config, out: str, k: int, versions: dict, upstream=None):
-    """result.json of trial k, after every network's theory (``upstream``: their outcomes)."""
+def finish_task(cfg: Config, out: str, k: int, versions: dict, upstream_error: str | None):
+    """result.json of trial k, after every network's theory."""
+    if upstream_error is not None:
+        return not_run(upstream_error)
     t = tr.Trial(cfg, Store(out), k, versions)
-    for spec, outcome in zip(network_specs(cfg), upstream or [], strict=False):
-        cause = upstream_error(t, f"{t.name}/theory/{spec.name}", outcome)
-        if cause:
-            return _not_run(cause)
     with _logged_errors(t):
         return {"trial": k, "status": tr.finish_part(t, on_wait=get_run_logger().info)}
 

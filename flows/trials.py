@@ -1,26 +1,22 @@
 """The subflow ``trials``: every trial of a config into its run folder, then the aggregate.
 
     check that the workers share the store → config.yaml → which trials are left
-    → per trial: kernels → per network: train → theory → result      (one graph of tasks)
-    → follow them (progress) → aggregate → results table and report artifacts
+    → per trial: kernels → per network: train → theory → result      (TrialSteps)
+    → aggregate → results table and report artifacts
 
-Each trial's steps are submitted at once as a graph: a later step receives its upstream's
-outcome through ``allow_failure`` (on Dask, a dependency: it is scheduled only once its upstream
-ended), so a step after a failed one still runs and ends at once as ``UpstreamFailed`` naming
-the failure; nothing stays Pending. The store's verified ``result.json`` decides which trials
-are done.
+A step after a failed one still runs and ends at once as ``UpstreamFailed`` naming the failure;
+nothing stays Pending. The store's verified ``result.json`` decides which trials are done.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import random
-import threading
 import uuid
 
 import dask
-from prefect import allow_failure, flow, get_run_logger
-from prefect.futures import as_completed
+from prefect import flow, get_run_logger
 from prefect.states import Failed
 
 from flows import runtime
@@ -53,59 +49,101 @@ def check_store(out: str) -> None:
     preflight.probe_read(out, token, host)
 
 
-def submit_trial(cfg: Config, out: str, k: int, versions: dict, resources: dict):
-    """Trial k as a graph of tasks; returns (its kernel step, its last step)."""
-    kernels = trial_task.submit(cfg, out, k, versions)
-    theories = []
-    for s in network_specs(cfg):
-        with dask.annotate(**({"resources": resources} if resources else {})):
-            train = train_task.submit(cfg, out, k, s.depth, s.width, allow_failure(kernels))
-        theories.append(theory_task.submit(cfg, out, k, s.depth, s.width, allow_failure(train)))
-    if not theories:  # kernels only: the kernel step finishes the trial
-        return kernels, kernels
-    return kernels, finish_task.submit(cfg, out, k, versions, [allow_failure(f) for f in theories])
+class TrialSteps:
+    """Each trial's steps, each submitted as its upstream step ends: kernels → each network's
+    training → its theory → the result, then the trial ends (progress).
 
+    Why not one graph of Prefect futures submitted up front: a later step must run even when
+    its upstream failed, to end at once as UpstreamFailed (nothing may stay Pending in the UI).
+    Prefect's way is to pass the upstream future wrapped in ``allow_failure``; on the
+    DaskTaskRunner (prefect-dask 0.3) that wrapper does not survive Dask's packing of the
+    task's arguments, so the step is left ``Pending``/``NotReady`` ("Upstream task run … did not
+    reach a 'COMPLETED' state") under a generic name (tests/test_browser.py shows it). So each
+    step is submitted when its upstream ended, with the upstream's failure as a parameter;
+    the ends arrive as Prefect future callbacks, not by polling.
+    """
 
-def follow(progress: Progress, store: Store, steps: dict) -> None:
-    """Move the progress as kernel steps and trials end (and, every second, with the epochs of
-    the trainings running), until every trial ended; a trial is done when its result is."""
-    watch = {last: ("trial", k) for k, (_, last) in steps.items()}
-    watch |= {first: ("kernels", k) for k, (first, last) in steps.items() if first is not last}
-    running = set(steps)
-    stop = threading.Event()
+    def __init__(self, cfg: Config, out: str, versions: dict, resources: dict, progress):
+        self.cfg, self.out, self.versions, self.progress = cfg, out, versions, progress
+        self.resources, self.store = resources, Store(out)
+        self.specs = network_specs(cfg)  # one network per depth, or per (depth, width)
+        self.pending: dict = {}  # future -> (trial, step, network spec or None)
+        self.theories: dict[int, list] = {}  # trial -> the error (or None) of each theory
+        self.ended: queue.Queue = queue.Queue()
 
-    def tick() -> None:
-        while not stop.wait(1.0):
-            progress.update(running=set(running))
+    def submit(self, k: int, step: str, spec=None, error: str | None = None) -> None:
+        cfg, out = self.cfg, self.out
+        if step == "trial":
+            fut = trial_task.submit(cfg, out, k, self.versions)
+        elif step == "train":
+            with dask.annotate(**({"resources": self.resources} if self.resources else {})):
+                fut = train_task.submit(cfg, out, k, spec.depth, spec.width, error)
+        elif step == "theory":
+            fut = theory_task.submit(cfg, out, k, spec.depth, spec.width, error)
+        else:
+            fut = finish_task.submit(cfg, out, k, self.versions, error)
+        self.pending[fut] = (k, step, spec)
+        fut.add_done_callback(self.ended.put)
 
-    progress.follow_epochs()
-    ticker = threading.Thread(target=tick, name="ntkflow-progress", daemon=True)
-    ticker.start()
-    try:
-        for fut in as_completed(list(watch)):
-            step, k = watch[fut]
-            if step == "kernels":
-                if fut.state.is_completed():
-                    progress.kernels_done.add(k)
+    def run(self, todo: list[int]) -> None:
+        """Submit every trial and follow its steps to the end, moving the progress (every
+        second also with the epochs of the trainings running)."""
+        self.progress.follow_epochs()
+        for k in todo:
+            self.submit(k, "trial")
+        while self.pending:
+            try:
+                fut = self.ended.get(timeout=1.0)
+            except queue.Empty:
+                self.progress.update(running={k for k, _, _ in self.pending.values()})
                 continue
-            running.discard(k)
-            done = tr.load_result(store, k) is not None  # the store, not the future, decides
-            progress.trial_ended(k, done, None if done else _failure(store, k, fut))
-    finally:
-        stop.set()
-        ticker.join()
-    progress.update()
+            self.step_ended(fut, *self.pending.pop(fut))
+        self.progress.update()
+
+    def step_ended(self, fut, k: int, step: str, spec) -> None:
+        state = _final_state(fut)
+        error = (
+            None if state is not None and state.is_completed() else self.error(k, step, spec, state)
+        )
+        if step == "trial" and self.specs:
+            if error is None:
+                self.progress.kernels_done.add(k)
+            self.theories[k] = []
+            for s in self.specs:
+                self.submit(k, "train", s, error)
+        elif step == "train":  # its theory follows, or ends at once naming the failure
+            self.submit(k, "theory", spec, error)
+        elif step == "theory":  # the result step follows every network's theory
+            self.theories[k].append(error)
+            if len(self.theories[k]) == len(self.specs):
+                self.submit(k, "result", None, next((e for e in self.theories[k] if e), None))
+        else:
+            done = tr.load_result(self.store, k) is not None  # the store decides, not the future
+            self.progress.trial_ended(k, done, None if done else _failure(self.store, k, state))
+
+    def error(self, k: int, step: str, spec, state) -> str:
+        """What a later step names as its cause: an upstream's own UpstreamFailed message is
+        passed on as it is (the first failure), any other failure is named here."""
+        if state is not None and state.name == "UpstreamFailed" and state.message:
+            return state.message.removeprefix("not run: ")
+        name = f"trial-{k:03d}" + (f"/{step}/{spec.name}" if spec is not None else "")
+        return f"{name} failed ({_failure(self.store, k, state)})"
 
 
-def _failure(store: Store, k: int, fut) -> str:
+def _final_state(fut):
+    """The ended future's Prefect state (None if it could not be read)."""
+    fut.wait()  # sets the state the task returned, without asking the API
+    try:
+        return fut.state
+    except Exception:  # noqa: BLE001 - API unreachable: the store decides
+        return None
+
+
+def _failure(store: Store, k: int, state) -> str:
     """What failed in trial k, never "None": its error.json, else the task's final state."""
     err = tr.recorded_error(store, k)
     if err:
         return err
-    try:
-        state = fut.state
-    except Exception:  # noqa: BLE001 - API unreachable: say what is known
-        state = None
     if state is not None and state.message:
         return f"{state.name}: {state.message}"
     return f"no result.json and no error recorded (final state {getattr(state, 'name', '?')})"
@@ -138,8 +176,7 @@ def run_trials(cfg: Config, out: str, train_resources: dict | None = None) -> di
     progress = Progress(cfg, out, cfg.trials - len(todo), log)
     if train_resources is None and todo and network_specs(cfg):
         train_resources = runtime.train_resources(runtime.dask_client(), None)
-    steps = {k: submit_trial(cfg, out, k, versions, train_resources or {}) for k in todo}
-    follow(progress, store, steps)
+    TrialSteps(cfg, out, versions, train_resources or {}, progress).run(todo)
 
     run_info = {"prefect_api": os.environ.get("PREFECT_API_URL"), "flow_runs": flow_runs(store)}
     summary = aggregate_task(cfg, out, run_info)
