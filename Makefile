@@ -26,10 +26,10 @@ chromium:
 
 test: venv chromium
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q --timeout=900
+	$(BIN)/pytest -q -n 4 --timeout=900
 
 test-fast: venv
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n 2 -m "not slow"
 
 bench: venv
 	$(BIN)/python benchmarks/gram.py
@@ -37,6 +37,7 @@ bench: venv
 	$(BIN)/python benchmarks/kernels_only_run.py
 	$(BIN)/python benchmarks/trial_large.py
 	$(BIN)/python benchmarks/train_step.py --steps 50
+	$(BIN)/python benchmarks/overhead.py
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -134,8 +134,7 @@ def cmd_run(args) -> int:
     cfg = _load(args)
     params = flow_parameters(args, cfg)
     check_out(args.out)
-    check_cluster(cfg.compute.cluster, cfg.compute.connect_timeout)
-    # a spec file (and its extra) is checked by the flow, before any run folder exists
+    check_cluster(cfg.compute.cluster, cfg.compute.connect_timeout, cfg.compute)
     store = open_store(args.out).child(cfg.run_id)
     # Dask's INFO chatter (worker start/stop, closed comms at shutdown) hides the progress lines.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")

@@ -52,10 +52,15 @@ def check_out(url: str) -> None:
         ) from e
 
 
-def check_cluster(cluster: str, connect_timeout: float) -> None:
-    """``--cluster``: dask-cuda and a GPU for ``cuda``; a scheduler answering at an address.
-    A cluster spec file starts its cluster in the flow (ntkflow.compute checks the file)."""
-    if cluster == "local" or cluster.endswith((".yaml", ".yml")):
+def check_cluster(cluster: str, connect_timeout: float, compute=None) -> None:
+    """``--cluster``: dask-cuda and a GPU for ``cuda``; a scheduler answering at an address; a
+    readable spec file whose extra is installed (the flow starts its cluster)."""
+    if cluster.endswith((".yaml", ".yml")):
+        from ntkflow.compute import resolve_cluster
+
+        resolve_cluster(cluster, compute)  # ClusterError (a ConfigError): exit status 2
+        return
+    if cluster == "local":
         return
     if cluster == "cuda":
         check_cuda()

@@ -2,10 +2,12 @@
 summary is bit for bit the one of an uninterrupted run. And a lease left by a killed run is
 taken over once it expires."""
 
+import json
 import random
 import time
 
 import pytest
+from filelock import FileLock
 from launch import kill_tree, launch, n_complete, summary
 
 from ntkflow import report as rep
@@ -33,48 +35,63 @@ def _launch_until(out, log, home, stop, env=None):
     return proc, started
 
 
-def test_sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_summary(tmp_path):
+# Kill moments as fractions of the reference's work span (first trial folder → last result.json),
+# drawn once from a fixed seed: most fall inside the work (< 1), some in the aggregation after it.
+_rng = random.Random(20261124)
+FRACTIONS = [_rng.uniform(0, 1.2) for _ in range(KILLS)]
+assert sum(f < 1 for f in FRACTIONS) >= 3, "most kills must hit a running command"
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """The uninterrupted run: its summary and its work span, computed once for every xdist
+    worker (the first one runs it under a file lock, the others read it)."""
+    shared = tmp_path_factory.getbasetemp().parent / "chaos-reference"
+    shared.mkdir(exist_ok=True)
+    result = shared / "reference.json"
+    with FileLock(str(shared / "lock")):
+        if not result.exists():
+            ref, last = shared / "ref", [0.0]
+
+            def watch(t):
+                if n_complete(ref / RUN_ID) < 4:
+                    last[0] = t
+                return False
+
+            proc, _ = _launch_until(ref, shared / "ref.log", shared / "home", watch)
+            assert proc.returncode == 0, (shared / "ref.log").read_text()
+            payload = {"work": last[0], "methods": summary(ref / RUN_ID)["methods"]}
+            result.write_text(json.dumps(payload))
+    return json.loads(result.read_text())
+
+
+@pytest.mark.parametrize("i", range(KILLS))
+def test_sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_summary(
+    tmp_path, reference, i
+):
     home = tmp_path / "prefect-home"
-    # the uninterrupted reference; its trials (first trial folder → last result.json) take
-    # `work` seconds: the kills fall in that span and a little after it (aggregation)
-    ref = tmp_path / "ref"
-    last = [0.0]
-
-    def watch(t):
-        if n_complete(ref / RUN_ID) < 4:
-            last[0] = t
-        return False
-
-    proc, _ = _launch_until(ref, tmp_path / "ref.log", home, watch)
-    work = 1.2 * last[0]
-    assert proc.returncode == 0, (tmp_path / "ref.log").read_text()
-    reference = summary(ref / RUN_ID)["methods"]
-
-    rng = random.Random(20261124)
-    outcomes = []
-    for i in range(KILLS):
-        out = tmp_path / f"chaos-{i}"
-        at = rng.uniform(0, work)
-        proc, _ = _launch_until(out, tmp_path / f"kill-{i}.log", home, lambda t, at=at: t >= at)
-        finished = proc.poll() is not None
-        killed = kill_tree(proc)
-        done_at_kill = n_complete(out / RUN_ID)
-        proc = launch([*ARGS, "--out", str(out)], tmp_path / f"rerun-{i}.log", home)
-        proc.wait(timeout=600)
-        assert proc.returncode == 0, (tmp_path / f"rerun-{i}.log").read_text()
-        final = summary(out / RUN_ID)
-        identical = final["methods"] == reference  # bit for bit (JSON floats round-trip)
-        outcomes.append((i, round(at, 2), finished, killed, done_at_kill, identical))
-        print(
-            f"iteration {i}: SIGKILL {at:.2f} s after the work started (span {work:.1f} s) "
-            f"({'after it finished' if finished else f'{killed} processes'}), "
-            f"{done_at_kill} of 4 trials complete; rerun: exit 0, summary identical: {identical}"
-        )
-        assert identical and final["failed_trials"] == []
-        cfg = load_config("smoke", overrides=[*SETS, "networks.enabled=false"])
-        assert rep.verify(cfg, Store(out / RUN_ID)) == {k: [] for k in range(4)}
-    print("(iteration, s into work, had finished, killed, trials complete, identical):", outcomes)
-    assert sum(not o[2] for o in outcomes) >= 3, "most kills must hit a running command"
+    work, fraction = reference["work"], FRACTIONS[i]
+    at = fraction * work
+    out = tmp_path / f"chaos-{i}"
+    proc, _ = _launch_until(out, tmp_path / f"kill-{i}.log", home, lambda t: t >= at)
+    finished = proc.poll() is not None
+    killed = kill_tree(proc)
+    done_at_kill = n_complete(out / RUN_ID)
+    proc = launch([*ARGS, "--out", str(out)], tmp_path / f"rerun-{i}.log", home)
+    proc.wait(timeout=600)
+    assert proc.returncode == 0, (tmp_path / f"rerun-{i}.log").read_text()
+    final = summary(out / RUN_ID)
+    identical = final["methods"] == reference["methods"]  # bit for bit (JSON floats round-trip)
+    print(
+        f"iteration {i}: SIGKILL {at:.2f} s after the work started (span {work:.1f} s) "
+        f"({'after it finished' if finished else f'{killed} processes'}), "
+        f"{done_at_kill} of 4 trials complete; rerun: exit 0, summary identical: {identical}"
+    )
+    if fraction < 1:  # inside the work span: the command was still running
+        assert not finished and killed > 0
+    assert identical and final["failed_trials"] == []
+    cfg = load_config("smoke", overrides=[*SETS, "networks.enabled=false"])
+    assert rep.verify(cfg, Store(out / RUN_ID)) == {k: [] for k in range(4)}
 
 
 def test_lease_of_a_killed_run_is_taken_over_after_it_expires(tmp_path):
