@@ -117,7 +117,26 @@ def _command(preset: str, trials: int, workers: int, out: str, home: str) -> tup
     return wall, res.stderr
 
 
+def _one_thread_per_worker() -> None:
+    """What a worker of the local cluster gets (ntkflow.compute.worker_env): single-threaded
+    math libraries, so the floor, the pool and the profile run as the flow's workers do. Set
+    before NumPy is imported here or in the pool's processes."""
+    os.environ.update(dict.fromkeys(THREAD_VARS, "1"))
+
+
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NTKFLOW_KERNEL_THREADS",
+)
+
+
 def main() -> None:
+    _one_thread_per_worker()
+    from ntkflow.compute import worker_env
+
+    assert worker_env(1) == dict.fromkeys(THREAD_VARS, "1"), worker_env(1)
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="paper")
     p.add_argument("--trials", type=int, default=50)

@@ -1,8 +1,9 @@
 """The flow ``experiment``: the entry point of ``ntkflow run``/``sweep`` and of every deployment.
 
-    config (given, or built from preset + overrides) → cluster plan → store
+    config (given, or built from preset + overrides) → cluster plan → store → trials left
     → start or join the Dask cluster → workers report to the Prefect API → training resources
     → the subflow ``trials`` on that cluster (flows/trials.py)
+    (nothing left: the subflow re-aggregates and records the run, with no cluster started)
 
 The task runner is chosen per flow run (the subflow runs on the cluster started here), so a
 ``prefect flow-run retry`` gets its cluster back. Bad input fails the run before any trial with
@@ -18,7 +19,7 @@ from prefect.states import Failed
 
 from flows import runtime
 from flows.trials import run_trials
-from ntkflow import compute, preflight
+from ntkflow import compute, preflight, report
 from ntkflow.config import Config, ConfigError
 from ntkflow.presets import Overrides, build_config
 
@@ -78,22 +79,27 @@ def experiment(
         cfg = resolve_config(preset, overrides, cluster, kernels_only, config)
         plan = compute.resolve_cluster(cfg.compute.cluster, cfg.compute)
         store = preflight.open_store(out).child(cfg.run_id)
-        log.info("run %s on %s", cfg.run_id, plan.describe())
-        with compute.start_cluster(plan) as address, compute.connect(address) as client:
-            api = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
-            n = runtime.prepare_workers(client, api)
-            log.info("%d worker(s) of %s report to %s", n, address, api)
-            resources = runtime.train_resources(client, plan.train_resources)
-            if cfg.networks.enabled:
-                compute.check_resources(client, resources)
-            # A subflow on this cluster (its failures are in its state, never raised here);
-            # runs of one experiment are found together in the UI: named and tagged by run id,
-            # preset and formulas.
-            trials = run_trials.with_options(
-                task_runner=runtime.task_runner_at(address), flow_run_name=run_name(cfg, preset)
-            )
+        trials = run_trials.with_options(flow_run_name=run_name(cfg, preset))
+        todo, _ = report.up_to_date(cfg, store)  # decided before any cluster starts
+        if not todo:
+            log.info("run %s: %d trial(s), 0 to compute: no cluster", cfg.run_id, cfg.trials)
             with tags(*run_tags(cfg, preset)):
-                state = trials(cfg, store.url, resources, return_state=True)
+                state = trials(cfg, store.url, {}, [], return_state=True)
+        else:
+            log.info("run %s on %s", cfg.run_id, plan.describe())
+            with compute.start_cluster(plan) as address, compute.connect(address) as client:
+                api = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+                n = runtime.prepare_workers(client, api)
+                log.info("%d worker(s) of %s report to %s", n, address, api)
+                resources = runtime.train_resources(client, plan.train_resources)
+                if cfg.networks.enabled:
+                    compute.check_resources(client, resources)
+                # A subflow on this cluster (its failures are in its state, never raised here);
+                # runs of one experiment are found together in the UI: named and tagged by run
+                # id, preset and formulas.
+                on_cluster = trials.with_options(task_runner=runtime.task_runner_at(address))
+                with tags(*run_tags(cfg, preset)):
+                    state = on_cluster(cfg, store.url, resources, todo, return_state=True)
     except ConfigError as e:
         return _refused(e)
     if state.is_completed():

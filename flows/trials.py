@@ -150,26 +150,31 @@ def _failure(store: Store, k: int, state) -> str:
 
 
 @flow(name="trials", log_prints=True)
-def run_trials(cfg: Config, out: str, train_resources: dict | None = None) -> dict:
+def run_trials(
+    cfg: Config, out: str, train_resources: dict | None = None, todo: list[int] | None = None
+) -> dict:
     """Every trial of ``cfg`` into the run folder ``out``, then the aggregate.
 
     Runs as a subflow of ``experiment``, which picks its Dask task runner per flow run;
     ``train_resources`` are the Dask resources of a training task (None: GPU=1 where workers
-    declare GPUs)."""
+    declare GPUs); ``todo``: the trials left to compute when the caller knows them (else they
+    are looked up here)."""
     log = get_run_logger()
     runtime.reclaim_signals()  # SIGTERM stops the run at once (ntkflow run only)
     store = Store(out)
-    try:
-        check_store(out)  # before any work: the workers' writes must be visible here
-    except preflight.PlaceError as e:  # a usage error, reported without a traceback
-        log.error("%s", e)
-        return Failed(message=str(e), data=e)
+    if todo is None:
+        todo = [k for k in range(cfg.trials) if tr.complete(cfg, store, k) is None]
+    if todo:
+        try:
+            check_store(out)  # before any work: the workers' writes must be visible here
+        except preflight.PlaceError as e:  # a usage error, reported without a traceback
+            log.error("%s", e)
+            return Failed(message=str(e), data=e)
     versions = report.versions()
     store.write_text("config.yaml", to_yaml(cfg, provenance=versions))
-    todo = [k for k in range(cfg.trials) if tr.complete(cfg, store, k) is None]
     # Each launch takes the trials in its own random order, so concurrent launches of the same
     # run mostly compute different trials instead of waiting on each other's leases.
-    random.shuffle(todo)
+    todo = random.sample(todo, len(todo))
     log.info(
         "run %s: %d trial(s), %d to compute, store %s", cfg.run_id, cfg.trials, len(todo), store.url
     )

@@ -15,7 +15,7 @@ from ntkflow import figures, keys, markdown, stats
 from ntkflow.config import Config
 from ntkflow.names import network_specs
 from ntkflow.store import Store
-from ntkflow.trial import Trial, method_key
+from ntkflow.trial import Trial, complete, method_key
 from ntkflow.trial.manifest import check
 
 PACKAGES = (
@@ -73,14 +73,39 @@ def _checked(cfg: Config, store: Store, deep: bool) -> dict[int, tuple[dict | No
     return {k: check(Trial(cfg, store, k), deep) for k in range(cfg.trials)}
 
 
+def inputs_digest(cfg: Config, results: dict[int, dict | None]) -> str:
+    """What a summary is computed from: the config (less where and how it runs) and every
+    trial's result (None: not complete)."""
+    conf = cfg.model_dump(mode="json", exclude={"compute", "faults"})
+    per = {str(k): (r or {}).get("methods") for k, r in sorted(results.items())}
+    return keys.digest({"config": conf, "keep_stale": cfg.compute.keep_stale, "results": per}, 16)
+
+
+SUMMARY_FILES = ("summary.json", "results.parquet", "report.md", "boxplot.png")
+
+
+def up_to_date(cfg: Config, store: Store) -> tuple[list[int], dict | None]:
+    """The trials still to compute, and (when there are none) the stored summary if it is
+    current: computed from exactly these results, with its files in place."""
+    results = {k: complete(cfg, store, k) for k in range(cfg.trials)}
+    todo = [k for k, r in results.items() if r is None]
+    if todo or not all(store.exists(f) for f in SUMMARY_FILES):
+        return todo, None
+    summary = store.read_json("summary.json")
+    current = summary is not None and summary.get("inputs") == inputs_digest(cfg, results)
+    return [], summary if current else None
+
+
 def collect(
     cfg: Config, store: Store, deep: bool = False
-) -> tuple[pd.DataFrame, list[dict], list[dict]]:
+) -> tuple[pd.DataFrame, list[dict], list[dict], dict]:
     """Tidy rows (trial, method, rmse, status, timings, diagnostics), the failed trials (also
-    those whose result does not verify against ``cfg``) and the stale items kept."""
-    rows, failed, stale = [], [], []
+    those whose result does not verify against ``cfg``), the stale items kept, and every
+    trial's result (None if it failed)."""
+    rows, failed, stale, results = [], [], [], {}
     for k, (res, bad) in _checked(cfg, store, deep).items():
         t = Trial(cfg, store, k)
+        results[k] = None if bad else res
         if bad:
             why = t.error() if res is None else None
             failed.append({"trial": k, "error": why or "; ".join(bad)})
@@ -98,12 +123,12 @@ def collect(
                 flat[f"param_rel_change_l{i}"] = v
             # a method can fail alone (a diverged network): its own record says so
             rows.append({"trial": k, **flat, "method": m, "status": item.get("status", "ok")})
-    return pd.DataFrame(rows), failed, stale
+    return pd.DataFrame(rows), failed, stale, results
 
 
 def aggregate(cfg: Config, store: Store, run_info: dict | None = None, deep=False) -> dict:
     """Write results.parquet, summary.json, boxplot.png and report.md; return the summary."""
-    df, failed, stale = collect(cfg, store, deep)
+    df, failed, stale, results = collect(cfg, store, deep)
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     store.write_bytes("results.parquet", buf.getvalue())
@@ -127,6 +152,7 @@ def aggregate(cfg: Config, store: Store, run_info: dict | None = None, deep=Fals
         "code_versions": {"items": produced, "current": keys.code_versions()},
         "stale_items": stale,
         **theory_sections(cfg, df, [f["trial"] for f in failed]),
+        "inputs": inputs_digest(cfg, results),  # a rerun with the same inputs need not redo it
     }
     store.write_json("summary.json", summary, sort_keys=False)
     store.write_bytes("boxplot.png", figures.boxplot_png(df, cfg.methods, cfg.formulas))

@@ -84,6 +84,21 @@ def test_smoke_run_fails_one_trial_then_reruns_only_it(tmp_path, run_cli):
     assert provenance["git_commit"] == (head or None)  # the checkout's commit, or None without git
     assert provenance["run_id"] == cfg.run_id
 
+    # nothing left to compute: no Prefect server, no cluster; a current summary is kept as it
+    # is, a stale one (a file of it lost) is redone alone
+    kept = (run_dir / "summary.json").read_bytes()
+    noop = run_cli(*args)
+    assert noop.returncode == 0, noop.stdout + noop.stderr
+    assert "2 trial(s), 0 to compute; summary current" in noop.stderr
+    assert "Prefect API" not in noop.stderr and "NTKB1" in noop.stdout
+    assert (run_dir / "summary.json").read_bytes() == kept
+    (run_dir / "report.md").unlink()
+    noop = run_cli(*args)
+    assert noop.returncode == 0 and "summary re-aggregated" in noop.stderr, noop.stderr
+    assert (run_dir / "report.md").exists() and _summary(run_dir)["methods"] == summary["methods"]
+    assert _summary(run_dir)["run"]["flow_runs"] == flow_runs
+    assert (done.stat().st_mtime_ns, done.read_bytes()) == before  # no trial was touched
+
     # re-aggregation from the store alone gives the same statistics
     again = run_cli("report", str(run_dir))
     assert again.returncode == 0, again.stderr
