@@ -131,15 +131,6 @@ def test_gpu_trainings_on_a_cluster_without_gpus(tmp_path, run_cli):
     _refused(res, out, "need Dask resources {'GPU': 1}", "declared: none")
 
 
-@pytest.mark.slow
-def test_store_the_workers_cannot_reach(tmp_path, run_cli):
-    """memory:// lives in one process: the Dask worker processes cannot see what the flow wrote."""
-    res = run_cli(*SMOKE, "--kernels-only", "--out", "memory://ntkflow-runs", timeout=300)
-    assert res.returncode == 2, res.stdout + res.stderr
-    assert "the Dask workers cannot share this store with the flow" in res.stderr
-    assert "Traceback" not in res.stderr
-
-
 def test_flow_parameters_defaults_are_the_cli_defaults():
     from flows.experiment import experiment
 
