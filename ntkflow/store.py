@@ -34,7 +34,9 @@ class Store:
 
     def __init__(self, root: str | os.PathLike):
         root = str(root)
-        self.fs, path = fsspec.core.url_to_fs(root)
+        # No cached listings: other runs and workers create and remove files here all the time
+        # (leases, commits), and a stale listing names files that are gone (s3fs caches forever).
+        self.fs, path = fsspec.core.url_to_fs(root, use_listings_cache=False)
         self.local = "file" in _protocols(self.fs)
         self.root = os.path.abspath(path) if self.local else path.rstrip("/")
         self.url = self.root if self.local else f"{_protocols(self.fs)[0]}://{self.root}"
@@ -55,12 +57,13 @@ class Store:
         return self.fs.cat_file(self.path(rel))
 
     def write_bytes(self, rel: str, data: bytes) -> None:
-        """Atomic: write a temporary sibling, then rename it over the target."""
+        """Atomic: on a filesystem a temporary sibling, fsync'ed, then renamed over the target;
+        on an object store one PUT, which readers see whole or not at all."""
         target = self.path(rel)
         parent = target.rsplit("/", 1)[0]
         self.fs.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{target.rsplit('/', 1)[1]}"
         if self.local:
+            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{target.rsplit('/', 1)[1]}"
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -72,8 +75,7 @@ class Store:
                 shutil.rmtree(target, ignore_errors=True)
                 os.replace(tmp, target)
         else:
-            self.fs.pipe_file(tmp, data)
-            self.fs.mv(tmp, target)
+            self.fs.pipe_file(target, data)
 
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())
@@ -167,17 +169,17 @@ class Store:
         }
 
     def age(self, rel: str) -> float | None:
-        """Seconds since ``rel`` was last modified (None if the store cannot say)."""
+        """Seconds since ``rel`` was last modified (None if the store cannot say). On object
+        stores a folder is a prefix with no date of its own: its newest object's age."""
         try:
             if self.local:
                 return time.time() - os.lstat(self.path(rel)).st_mtime
-            info = self.fs.info(self.path(rel))
+            found = self.fs.find(self.path(rel), detail=True, withdirs=False)
         except FileNotFoundError:
             return None
-        stamp = info.get("mtime") or info.get("LastModified") or info.get("created")
-        if hasattr(stamp, "timestamp"):
-            stamp = stamp.timestamp()
-        return time.time() - float(stamp) if stamp else None
+        stamps = [_stamp(info) for info in found.values()]
+        stamps = [s for s in stamps if s is not None]
+        return time.time() - max(stamps) if stamps else None
 
     def commit_dir(self, tmp: str, rel: str) -> None:
         """Move the folder ``tmp`` (written under a unique temporary name) to ``rel``,
@@ -228,6 +230,13 @@ class Store:
         if self.local:
             return zarr.storage.LocalStore(self.path(rel), read_only=read_only)
         return zarr.storage.FsspecStore.from_url(self.url + "/" + rel, read_only=read_only)
+
+
+def _stamp(info: dict) -> float | None:
+    stamp = info.get("mtime") or info.get("LastModified") or info.get("created")
+    if hasattr(stamp, "timestamp"):
+        stamp = stamp.timestamp()
+    return float(stamp) if stamp else None
 
 
 def _protocols(fs) -> tuple[str, ...]:

@@ -53,3 +53,25 @@ def run_cli(prefect_home):
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def s3_env(tmp_path_factory):
+    """A real S3 API (moto_server) for this test session: the environment (endpoint, dummy
+    credentials) is exported here and passed to subprocesses and Dask workers by the tests."""
+    from servers import s3_server
+
+    try:
+        import s3fs  # noqa: F401
+    except ImportError:
+        pytest.skip("s3fs is not installed (pip install -e '.[test]')")
+    with s3_server(tmp_path_factory.mktemp("s3")) as env:
+        yield env
+
+
+@pytest.fixture
+def s3_root(s3_env):
+    """A fresh prefix of the test bucket: ``s3://ntkflow/<random>``."""
+    import uuid
+
+    return f"s3://ntkflow/{uuid.uuid4().hex[:12]}"

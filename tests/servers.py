@@ -227,3 +227,67 @@ def wait_flow_run(api: str, run_id: str, timeout: float = 600, after: str | None
         if time.monotonic() > deadline:
             raise TimeoutError(f"flow run {run_id} still {state.get('type')} after {timeout} s")
         time.sleep(1)
+
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@contextlib.contextmanager
+def s3_server(workdir: Path, bucket: str = "ntkflow", timeout: float = 60):
+    """A real S3 API (`moto_server`) on a free port of 127.0.0.1 with an empty bucket.
+
+    Yields the environment (``AWS_ENDPOINT_URL`` and dummy credentials) that s3fs, and so every
+    process started with it (CLI, Dask workers), honours. Conditional PUTs (``If-None-Match: *``)
+    are enforced by it, as on AWS."""
+    exe = BIN / "moto_server"
+    if not exe.exists():
+        raise FileNotFoundError("moto_server not installed (pip install 'moto[server]')")
+    port = free_port()
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    log = open(workdir / "moto.log", "w")
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{env['AWS_ENDPOINT_URL']}/moto-api/", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "moto_server did not start:\n" + (workdir / "moto.log").read_text()
+                    ) from None
+                time.sleep(0.2)
+        with _environ(env):
+            import s3fs
+
+            s3fs.S3FileSystem.clear_instance_cache()
+            s3fs.S3FileSystem().mkdir(bucket)
+            yield env
+            s3fs.S3FileSystem.clear_instance_cache()
+    finally:
+        stop(proc)
+        log.close()
+
+
+@contextlib.contextmanager
+def _environ(extra: dict):
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

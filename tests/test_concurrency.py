@@ -1,5 +1,5 @@
-"""Several runs on one store: leases (unit level, local and memory://) and concurrent launches of
-the real `ntkflow run` (end to end)."""
+"""Several runs on one store: leases (unit level: local, memory:// and S3) and concurrent
+launches of the real `ntkflow run` (end to end)."""
 
 import os
 import subprocess
@@ -17,10 +17,12 @@ from ntkflow.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def store(request, tmp_path):
     if request.param == "local":
         return Store(tmp_path)
+    if request.param == "s3":  # real conditional PUTs (If-None-Match: *) on an S3 API
+        return Store(request.getfixturevalue("s3_root"))
     return Store(f"memory://lease-test-{uuid.uuid4().hex}")
 
 

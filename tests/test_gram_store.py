@@ -59,9 +59,19 @@ def test_incomplete_group_is_rejected(tmp_path):
         gram.read_gram(store.zarr_store("g.zarr", read_only=True))
 
 
-@pytest.mark.parametrize("root", ["local", "memory://ntkflow-test"])
-def test_store_json_verification(tmp_path, root):
-    store = Store(tmp_path if root == "local" else root)
+def _store(root, tmp_path, request) -> Store:
+    import uuid
+
+    if root == "local":
+        return Store(tmp_path)
+    if root == "s3":
+        return Store(request.getfixturevalue("s3_root"))
+    return Store(f"{root}-{uuid.uuid4().hex}")
+
+
+@pytest.mark.parametrize("root", ["local", "memory://ntkflow-test", "s3"])
+def test_store_json_verification(tmp_path, root, request):
+    store = _store(root, tmp_path, request)
     store.write_json("a/result.json", {"x": 1, "y": [1, 2]}, checksum=True)
     assert store.read_json("a/result.json", verify=True) == {"x": 1, "y": [1, 2]}
     raw = store.read_bytes("a/result.json")
@@ -89,14 +99,12 @@ def test_atomic_write_leaves_old_or_new(tmp_path):
     assert store.read_bytes("f.txt") == b"old"
 
 
-@pytest.mark.parametrize("root", ["local", "memory://ntkflow-commit"])
+@pytest.mark.parametrize("root", ["local", "memory://ntkflow-commit", "s3"])
 @pytest.mark.parametrize("there", ["nothing", "a file", "a foreign group"])
-def test_group_written_to_a_temp_name_then_committed(tmp_path, root, there):
-    import uuid
-
+def test_group_written_to_a_temp_name_then_committed(tmp_path, root, there, request):
     import zarr
 
-    store = Store(tmp_path if root == "local" else f"{root}-{uuid.uuid4().hex}")
+    store = _store(root, tmp_path, request)
     if there == "a file":
         store.write_text("gram/K.zarr", "junk")
     elif there == "a foreign group":

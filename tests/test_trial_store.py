@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -124,89 +123,89 @@ def test_writer_killed_mid_write_leaves_nothing_that_verifies(tmp_path):
     assert json.loads(store.read_bytes("big.bin"))["old"] is True
 
 
-# ---- every unreadable artifact is recomputed, whatever is wrong with it ------------------------
-def _zarr_group(path: Path, mode="w", **arrays):
+# ---- every unreadable artifact is recomputed, whatever is wrong with it, on every backend -------
+# The damage is done through the store (a local folder or a real S3 API), to trial 0's folder.
+T = "trials/000"
+
+
+def _zarr_group(s: Store, rel: str, mode="w", **arrays):
     import zarr
 
-    g = zarr.open_group(str(path), mode=mode)
+    g = zarr.open_group(store=s.zarr_store(rel), mode=mode)
     for name, a in arrays.items():
         g.create_array(name, data=a)
     return g
 
 
-def _gram_became_a_group(t: Path):
+def _gram_became_a_group(s: Store):
     """The state two concurrent launches of the old code left: `gram/` itself a Zarr group
     with `train_train`/`test_train` beside the kernel groups, one kernel group gone, the
     trial unfinished."""
-    shutil.rmtree(t / "gram/NTKB1.zarr")
-    (t / "items/NTKB1.json").unlink()
-    (t / "result.json").unlink()
-    _zarr_group(t / "gram", "a", train_train=np.zeros((3, 3)), test_train=np.zeros((2, 3)))
+    for rel in ("gram/NTKB1.zarr", "items/NTKB1.json", "result.json"):
+        s.remove(f"{T}/{rel}")
+    _zarr_group(s, f"{T}/gram", "a", train_train=np.zeros((3, 3)), test_train=np.zeros((2, 3)))
 
 
-def _chunk(t: Path, array="train_train") -> Path:
-    return t / f"gram/NTKJ2.zarr/{array}/c/0/0"
+def _chunk(array="train_train") -> str:
+    return f"{T}/gram/NTKJ2.zarr/{array}/c/0/0"
 
 
-def _replace_gram(t: Path, dtype="f8", rows=None):
+def _replace_gram(s: Store, dtype="f8", rows=None):
     """A Gram group with the right attributes but arrays of another dtype or shape."""
     import zarr
 
-    g = zarr.open_group(str(t / "gram/NTKJ2.zarr"), mode="r")
-    attrs, tt = dict(g.attrs), g["train_train"][...]
-    te = g["test_train"][...]
+    rel = f"{T}/gram/NTKJ2.zarr"
+    g = zarr.open_group(store=s.zarr_store(rel, read_only=True), mode="r")
+    attrs, tt, te = dict(g.attrs), g["train_train"][...], g["test_train"][...]
     rows = rows or tt.shape[0]
-    new = _zarr_group(
-        t / "gram/NTKJ2.zarr", train_train=tt[:rows, :rows].astype(dtype), test_train=te
-    )
+    new = _zarr_group(s, rel, train_train=tt[:rows, :rows].astype(dtype), test_train=te)
     new.attrs.update(attrs)
-    (t / "result.json").unlink()
-    (t / "items/NTKJ2.json").unlink()
+    s.remove(f"{T}/result.json")
+    s.remove(f"{T}/items/NTKJ2.json")
 
 
 RECOMPUTE_NTKJ2 = "recomputing trials/000/gram/NTKJ2.zarr"
 
 
-def _strays(t: Path):
-    (t / "gram/junk.txt").write_text("x")
-    (t / "gram/.trash-123").mkdir()
-    (t / "zarr.json").write_text("{}")
-    (t / "result.json").unlink()
+def _strays(s: Store):
+    s.write_text(f"{T}/gram/junk.txt", "x")
+    s.write_text(f"{T}/gram/.trash-123/x", "x")
+    s.write_text(f"{T}/zarr.json", "{}")
+    s.remove(f"{T}/result.json")
 
 
-def _truncate_chunk(t: Path):
-    _chunk(t).write_bytes(_chunk(t).read_bytes()[:100])
+def _file_for_group(s: Store, rel="gram/NTKJ2.zarr"):
+    s.remove(f"{T}/{rel}")
+    s.write_bytes(f"{T}/{rel}", b"\0" * 10)
 
 
-def _file_for_group(t: Path, rel="gram/NTKJ2.zarr"):
-    shutil.rmtree(t / rel)
-    (t / rel).write_bytes(b"\0" * 10)
+def _garbage_item(s: Store):
+    s.write_bytes(f"{T}/items/K1.json", b"\xff\xfe")
+    s.remove(f"{T}/result.json")
 
 
-def _garbage_item(t: Path):
-    (t / "items/K1.json").write_bytes(b"\xff\xfe")
-    (t / "result.json").unlink()
-
-
-def _result_is_a_folder(t: Path):
-    (t / "result.json").unlink()
-    (t / "result.json").mkdir()
+def _result_is_a_folder(s: Store):
+    s.remove(f"{T}/result.json")
+    s.write_text(f"{T}/result.json/x", "x")
 
 
 # what is damaged → what the rerun must log (the damaged artifact, named)
 CORRUPTIONS = {
     "gram folder became a Zarr group": (_gram_became_a_group, "removing trials/000/gram/zarr.json"),
     "stray files in an unfinished trial": (_strays, "removing trials/000/gram/junk.txt"),
-    "Gram chunk truncated under an intact result.json": (_truncate_chunk, RECOMPUTE_NTKJ2),
-    "Gram chunk missing under an intact result.json": (
-        lambda t: _chunk(t, "test_train").unlink(),
+    "Gram chunk truncated under an intact result.json": (
+        lambda s: s.write_bytes(_chunk(), s.read_bytes(_chunk())[:100]),
         RECOMPUTE_NTKJ2,
     ),
-    "Gram of the wrong dtype": (lambda t: _replace_gram(t, dtype="f4"), "has dtype float32"),
-    "Gram of the wrong shape": (lambda t: _replace_gram(t, rows=10), "has shape (10, 10)"),
+    "Gram chunk missing under an intact result.json": (
+        lambda s: s.remove(_chunk("test_train"), missing_ok=False),
+        RECOMPUTE_NTKJ2,
+    ),
+    "Gram of the wrong dtype": (lambda s: _replace_gram(s, dtype="f4"), "has dtype float32"),
+    "Gram of the wrong shape": (lambda s: _replace_gram(s, rows=10), "has shape (10, 10)"),
     "a file where a Gram group belongs": (_file_for_group, RECOMPUTE_NTKJ2),
     "a file where data.zarr belongs": (
-        lambda t: _file_for_group(t, "data.zarr"),
+        lambda s: _file_for_group(s, "data.zarr"),
         "recomputing trials/000/data.zarr",
     ),
     "an item record is garbage": (_garbage_item, "unreadable trials/000/items/K1.json"),
@@ -214,16 +213,18 @@ CORRUPTIONS = {
 }
 
 
+@pytest.mark.parametrize("backend", ["local", "s3"])
 @pytest.mark.parametrize("networks", [False, True], ids=["kernels-only", "networks"])
 @pytest.mark.parametrize("what", list(CORRUPTIONS))
-def test_any_broken_artifact_is_recomputed_by_a_plain_rerun(tmp_path, what, networks, caplog):
+def test_any_broken_artifact_is_recomputed_by_a_plain_rerun(
+    tmp_path, what, networks, backend, request, caplog
+):
     nets = ["networks.enabled=true", "networks.depths=[1]", "networks.epochs=[2]"]
     cfg = _cfg("kernels=[NTKB1, NTKJ2, K1]", "trials=1", *(nets if networks else []))
-    store = Store(tmp_path)
+    store = Store(tmp_path) if backend == "local" else Store(request.getfixturevalue("s3_root"))
     ref = trial.run_trial(cfg, store, 0)["methods"]
-    t = tmp_path / "trials/000"
     damage, logged = CORRUPTIONS[what]
-    damage(t)
+    damage(store)
     assert trial.complete(cfg, store, 0) is None  # noticed without any manual deletion
     caplog.clear()
     with caplog.at_level("WARNING"):
@@ -232,8 +233,8 @@ def test_any_broken_artifact_is_recomputed_by_a_plain_rerun(tmp_path, what, netw
     assert {m: again["methods"][m]["rmse"] for m in ref} == {m: ref[m]["rmse"] for m in ref}
     assert trial.complete(cfg, store, 0, deep=True) is not None
     grams = sorted(f"{name}.zarr" for name in cfg.gram_kernels)  # + NTKJ1 with the network
-    assert sorted(p.name for p in (t / "gram").iterdir()) == grams
-    assert not list(tmp_path.rglob(".tmp-*")) and not list(tmp_path.rglob(".trash-*"))
+    assert store.listdir(f"{T}/gram") == grams
+    assert not [f for f in store.files("") if ".tmp-" in f or ".trash-" in f]
 
 
 def test_verify_finds_a_flipped_bit_and_the_rerun_recomputes_it(tmp_path):
@@ -241,7 +242,7 @@ def test_verify_finds_a_flipped_bit_and_the_rerun_recomputes_it(tmp_path):
     store = Store(tmp_path)
     ref = trial.run_trial(cfg, store, 0)["methods"]
     assert report.verify(cfg, store) == {0: []}
-    _flip_bytes(_chunk(tmp_path / "trials/000"))
+    _flip_bytes(tmp_path / _chunk())
     assert trial.complete(cfg, store, 0) is not None  # same files and sizes: only checksums see it
     bad = report.verify(cfg, store)[0]
     assert len(bad) == 1 and "gram/NTKJ2.zarr" in bad[0] and "checksum" in bad[0]

@@ -1,0 +1,135 @@
+"""The artifact store on a real S3 API (moto_server on 127.0.0.1): the whole command end to end,
+concurrent launches, SIGKILL and rerun, leftovers of dead writers. The unit-level store, lease and
+corruption tests run on S3 too (parametrized in test_gram_store, test_concurrency and
+test_trial_store)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from launch import kill_tree, launch
+
+from ntkflow import report, trial
+from ntkflow.compute import worker_env
+from ntkflow.presets import load_config
+from ntkflow.store import Store
+from ntkflow.trial import manifest
+
+SETS = ["trials=2", "data.n_obs=120", "compute.n_workers=2", "kernels=[NTKB1, K1]"]
+ARGS = ["run", "--preset", "smoke", "--kernels-only", *[a for s in SETS for a in ("--set", s)]]
+CFG = load_config("smoke", overrides=[*SETS, "networks.enabled=false"])
+
+
+REFERENCE = """
+import json, sys
+from ntkflow import report, trial
+from ntkflow.compute import worker_env
+from ntkflow.presets import load_config
+from ntkflow.store import Store
+cfg, store = load_config("smoke", overrides=json.loads(sys.argv[1])), Store(sys.argv[2])
+for k in range(cfg.trials):
+    trial.run_trial(cfg, store, k)
+print(json.dumps(report.aggregate(cfg, store)["methods"]))
+"""
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The same trials on a local folder, computed in a process with the workers' environment
+    (single-threaded math libraries, so the same float operations): the numbers S3 must give."""
+    folder = tmp_path_factory.mktemp("local-reference")
+    overrides = json.dumps([*SETS, "networks.enabled=false"])
+    res = subprocess.run(
+        [sys.executable, "-c", REFERENCE, overrides, str(folder)],
+        env={**os.environ, **worker_env(1)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(res.stdout.splitlines()[-1])
+
+
+def _ntkflow(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _leftovers(store: Store) -> list[str]:
+    return [f for f in store.files("") if ".tmp-" in f or ".trash-" in f]
+
+
+@pytest.mark.slow
+def test_two_launches_then_rerun_verify_report_on_s3(tmp_path, s3_root, reference):
+    procs = [
+        launch([*ARGS, "--out", s3_root], tmp_path / f"launch-{i}.log", tmp_path / f"home-{i}")
+        for i in range(2)
+    ]
+    for p in procs:
+        p.wait(timeout=600)
+    logs = [(tmp_path / f"launch-{i}.log").read_text() for i in range(2)]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    run = Store(f"{s3_root}/{CFG.run_id}")
+    assert run.read_json("summary.json")["methods"] == reference  # digit for digit
+    tables = [log[log.index("┏") : log.index("└")] for log in logs]
+    assert tables[0] == tables[1]
+
+    items = {f for f in run.files("trials") if "/items/" in f}
+    again = launch([*ARGS, "--out", s3_root], tmp_path / "rerun.log", tmp_path / "home-0")
+    again.wait(timeout=600)
+    log = (tmp_path / "rerun.log").read_text()
+    assert again.returncode == 0 and f"{CFG.trials} trial(s), 0 to compute" in log, log
+    assert {f for f in run.files("trials") if "/items/" in f} == items
+
+    res = _ntkflow("verify", run.url)
+    assert res.returncode == 0, res.stderr
+    assert f"{CFG.trials} of {CFG.trials} trial(s) verified" in res.stderr
+    res = _ntkflow("report", run.url)
+    assert res.returncode == 0, res.stderr
+    assert run.read_json("summary.json")["methods"] == reference
+    assert not _leftovers(run)
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_on_s3_gives_the_uninterrupted_numbers(tmp_path, s3_root, reference):
+    run = Store(f"{s3_root}/{CFG.run_id}")
+    proc = launch([*ARGS, "--out", s3_root], tmp_path / "kill.log", tmp_path / "home")
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and not run.exists("trials/000/result.json"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert proc.poll() is None, (tmp_path / "kill.log").read_text()  # killed mid-run
+    kill_tree(proc)
+    again = launch([*ARGS, "--out", s3_root], tmp_path / "rerun.log", tmp_path / "home")
+    again.wait(timeout=600)
+    assert again.returncode == 0, (tmp_path / "rerun.log").read_text()
+    assert run.read_json("summary.json")["methods"] == reference
+    assert report.verify(CFG, run) == {k: [] for k in range(CFG.trials)}
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_temporary_groups_of_dead_writers_are_swept(tmp_path, backend, request, monkeypatch):
+    """A `.tmp-*` group (a folder locally, a prefix with no date of its own on S3) older than the
+    stale age is removed by the next run of its trial; a young one (a live writer's) is kept."""
+    import zarr
+
+    root = tmp_path if backend == "local" else request.getfixturevalue("s3_root")
+    store = Store(root)
+    cfg = load_config("smoke", overrides=["trials=1", "kernels=[K1]", "networks.enabled=false"])
+    trial.run_trial(cfg, store, 0)
+    old = "trials/000/gram/.tmp-0123-NTKB1.zarr"
+    g = zarr.open_group(store=store.zarr_store(old), mode="w")
+    g.create_array("train_train", data=np.ones((4, 4)))
+    time.sleep(1.5)
+    young = "trials/000/items/.tmp-4567-K1.json"
+    store.write_text(young, "{}")
+    age = store.age(old)
+    assert age is not None and 1.0 < age < 600  # the newest object's age
+    monkeypatch.setattr(manifest, "STALE_AGE", 1.0)
+    store.remove("trials/000/result.json")
+    trial.run_trial(cfg, store, 0)
+    assert not store.files(old) and store.exists(young)
