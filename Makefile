@@ -26,7 +26,7 @@ chromium:
 
 test: venv chromium
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -n 4 --timeout=900
+	$(BIN)/pytest -q -n 4 --dist loadgroup --timeout=900
 
 test-fast: venv
 	$(BIN)/pytest -q -n 2 -m "not slow"

@@ -145,9 +145,11 @@ def cmd_run(args) -> int:
         todo, current = up_to_date(cfg, store)
         if not todo:
             return _nothing_to_compute(cfg, store, current, t0)
+    from flows import watchdog
     from flows.runtime import exit_on_signals
 
     exit_on_signals()  # from here on, SIGINT/SIGTERM stop the children and exit at once
+    watchdog.start()  # and a SIGKILL leaves nothing running (server, workers, batch jobs)
     from prefect import tags
 
     from flows.experiment import experiment, run_name, run_tags

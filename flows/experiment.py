@@ -87,7 +87,8 @@ def experiment(
                 state = trials(cfg, store.url, {}, [], return_state=True)
         else:
             log.info("run %s on %s", cfg.run_id, plan.describe())
-            with compute.start_cluster(plan) as address, compute.connect(address) as client:
+            started = compute.start_cluster(plan, cfg.compute.start_timeout)
+            with started as address, compute.connect(address) as client:
                 api = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
                 n = runtime.prepare_workers(client, api)
                 log.info("%d worker(s) of %s report to %s", n, address, api)

@@ -130,7 +130,8 @@ def stop_children(grace: float = 5.0) -> None:
 
 
 def exit_on_signals(signals=(signal.SIGINT, signal.SIGTERM)) -> None:
-    """On SIGINT/SIGTERM: say so, stop the workers and the embedded server, exit 128 + signal.
+    """On SIGINT/SIGTERM: say so, cancel the run's batch jobs, stop the workers and the embedded
+    server, exit 128 + signal.
 
     A graceful unwinding through Prefect and Dask can hang for minutes once the server or the
     workers are gone (a Ctrl-C reaches the whole process group), and finished work is already
@@ -144,6 +145,7 @@ def exit_on_signals(signals=(signal.SIGINT, signal.SIGTERM)) -> None:
         name = signal.Signals(signum).name
         print(f"\nntkflow: {name}: {INTERRUPTED}", file=sys.stderr, flush=True)
         _mark_crashed(f"{name}: {INTERRUPTED}")
+        compute.cancel_jobs()  # the run's batch jobs, pending or running, before it exits
         stop_children()
         sys.stdout.flush()
         os._exit(128 + signum)

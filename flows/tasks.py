@@ -83,7 +83,7 @@ def _network_trial(cfg: Config, out: str, k: int) -> tr.Trial:
     steps that run: a step after a failed one ends before it)."""
     from ntkflow.train import set_torch_threads
 
-    set_torch_threads(cfg.compute.threads_per_worker)
+    set_torch_threads(cfg.compute.threads_per_worker or 1)
     return tr.Trial(cfg, Store(out), k, device=compute.torch_device())
 
 

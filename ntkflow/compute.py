@@ -27,7 +27,13 @@ import contextlib
 import importlib
 import logging
 import os
+import pwd
 import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,14 +121,15 @@ def resolve_cluster(name: str, compute: ComputeConfig | None = None) -> ClusterP
     invalid spec files, missing optional extras.
     """
     compute = compute or ComputeConfig()
-    env = worker_env(compute.threads_per_worker)
+    threads = compute.threads_per_worker or 1
+    env = worker_env(threads)
     if name == "local":
         return ClusterPlan(
             name,
             "distributed.LocalCluster",
             {
-                "n_workers": compute.n_workers or default_workers(compute.threads_per_worker),
-                "threads_per_worker": compute.threads_per_worker,
+                "n_workers": compute.n_workers or default_workers(threads),
+                "threads_per_worker": threads,
                 "processes": True,
                 "dashboard_address": ":0",
                 # CPU only: GPUs are used through declared resources (--cluster cuda), never by
@@ -133,7 +140,7 @@ def resolve_cluster(name: str, compute: ComputeConfig | None = None) -> ClusterP
     if name == "cuda":
         _require("dask_cuda", "--cluster cuda: ")
         kwargs = {
-            "threads_per_worker": compute.threads_per_worker,
+            "threads_per_worker": threads,
             "resources": {"GPU": 1},
             "dashboard_address": ":0",
             "env": env,
@@ -196,7 +203,26 @@ def load_spec(name: str, compute: ComputeConfig | None = None) -> ClusterPlan:
     resources = spec.get("train_resources") or {}
     if not isinstance(resources, dict):
         raise ClusterError(f"{str(path)!r}: train_resources must be a mapping like {{GPU: 1}}")
+    if compute.threads_per_worker:
+        kwargs = _with_threads(cls, kwargs, compute.threads_per_worker)
     return ClusterPlan(str(path), cls, kwargs, adapt, None, resources)
+
+
+def _with_threads(cls: str, kwargs: dict, threads: int) -> dict:
+    """``compute.threads_per_worker`` applied to a spec's workers: their Dask threads and their
+    math libraries' (after the spec's own prologue, so it wins)."""
+    kwargs = dict(kwargs)
+    if cls.startswith("dask_jobqueue."):
+        args, prologue = kwargs.get("worker_extra_args", []), kwargs.get("job_script_prologue", [])
+        exports = " ".join(f"{k}={v}" for k, v in worker_env(threads).items())
+        kwargs["worker_extra_args"] = [*args, "--nthreads", str(threads)]
+        kwargs["job_script_prologue"] = [*prologue, f"export {exports}"]
+    elif cls.startswith("dask_kubernetes."):
+        log.warning("compute.threads_per_worker is not applied to %s: set it in the pod spec", cls)
+    else:  # LocalCluster, LocalCUDACluster
+        kwargs["threads_per_worker"] = threads
+        kwargs["env"] = {**kwargs.get("env", {}), **worker_env(threads)}
+    return kwargs
 
 
 def kube_cluster_spec(worker_gpus: int = 0, **make_args) -> dict:
@@ -218,24 +244,100 @@ def kube_cluster_spec(worker_gpus: int = 0, **make_args) -> dict:
     return spec
 
 
+def job_name(pid: int | None = None) -> str:
+    """The name of every batch job a run submits: unique to the launching process, so its jobs
+    can be cancelled by name (also by :mod:`flows.watchdog` once that process is gone)."""
+    return f"ntkflow-{socket.gethostname()}-{pid or os.getpid()}"
+
+
+def cancel_jobs(pid: int | None = None) -> None:
+    """Cancel the batch jobs of the run launched by ``pid`` (this process), pending or running.
+    Best effort, bounded: a no-op where Slurm is not installed."""
+    if shutil.which("scancel"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            user = pwd.getpwuid(os.getuid()).pw_name
+            cmd = ["scancel", "--name", job_name(pid), "--user", user]
+            subprocess.run(cmd, capture_output=True, timeout=30)
+
+
+def _is_slurm(plan: ClusterPlan) -> bool:
+    return (plan.cluster_class or "").endswith("SLURMCluster")
+
+
+def _test_submission(cluster) -> None:
+    """``sbatch --test-only`` of the worker job: a job Slurm refuses (unknown gres, partition or
+    account, a size no node has) is a ClusterError with sbatch's own message, before any job."""
+    if not shutil.which("sbatch"):
+        raise ClusterError("sbatch not found: this spec submits Slurm jobs (use a login node)")
+    with tempfile.NamedTemporaryFile("w", suffix=".sh") as f:
+        f.write(cluster.job_script())
+        f.flush()
+        res = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True)
+    if res.returncode:
+        message = " ".join((res.stderr or res.stdout).split())
+        raise ClusterError(f"Slurm refuses the worker job: {message}")
+
+
+def _pending_reason(plan: ClusterPlan) -> str:
+    """What the run's batch jobs are waiting for, from squeue (empty when it cannot say)."""
+    if not _is_slurm(plan) or not shutil.which("squeue"):
+        return ""
+    res = subprocess.run(
+        ["squeue", "-h", "--name", job_name(), "-o", "job %i %T (%r)"],
+        capture_output=True,
+        text=True,
+    )
+    jobs = "; ".join(res.stdout.split("\n")[:3]).strip("; ")
+    return f": {jobs}" if jobs else ": no job queued"
+
+
+def _wait_for_first_worker(cluster, plan: ClusterPlan, timeout: float) -> None:
+    """Wait until a worker of a started cluster has joined; ClusterError after ``timeout``
+    seconds, naming what its jobs wait for."""
+    deadline = time.monotonic() + timeout
+    while not cluster.scheduler_info.get("workers"):
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                f"no worker of {plan.describe()} started within {timeout:g} s "
+                f"(compute.start_timeout){_pending_reason(plan)}; its jobs are cancelled"
+            )
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
-def start_cluster(plan: ClusterPlan):
+def start_cluster(plan: ClusterPlan, start_timeout: float = 600.0):
     """Start (or join) the plan's cluster; yields its scheduler address, stops what it started.
 
-    A cluster that cannot start (no GPU for LocalCUDACluster, no ``sbatch``, no Kubernetes
-    access) is a ClusterError naming the plan, not a traceback."""
+    A cluster that cannot start (no GPU for LocalCUDACluster, no ``sbatch``, a worker job Slurm
+    refuses, no worker within ``start_timeout`` seconds, no Kubernetes access) is a ClusterError
+    naming the plan, not a traceback or a wait without end. An adaptive cluster keeps at least
+    one worker while the run lasts: a started run has work, and a worker released while tasks
+    are being submitted is churn. Batch jobs carry :func:`job_name`; they are cancelled when the
+    run ends, however it ends (``flows.runtime`` on signals, ``flows.watchdog`` on SIGKILL)."""
     if plan.address:
         yield plan.address
         return
     module, _, attr = plan.cluster_class.rpartition(".")
     cls = getattr(_require(module), attr)
+    kwargs = dict(plan.kwargs)
+    if plan.cluster_class.startswith("dask_jobqueue."):
+        kwargs["job_name"] = job_name()
     try:
-        cluster = cls(**plan.kwargs)
-        if plan.adapt:
-            cluster.adapt(**plan.adapt)
+        cluster = cls(**kwargs)
     except Exception as e:  # noqa: BLE001 - any failure to start is reported the same way
         raise ClusterError(f"cannot start {plan.describe()}: {type(e).__name__}: {e}") from e
     try:
+        try:
+            if _is_slurm(plan):
+                _test_submission(cluster)
+            if plan.adapt:
+                adapt = {**plan.adapt, "minimum": max(1, plan.adapt.get("minimum", 0))}
+                cluster.adapt(**adapt)
+            _wait_for_first_worker(cluster, plan, start_timeout)
+        except ClusterError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise ClusterError(f"cannot start {plan.describe()}: {type(e).__name__}: {e}") from e
         yield cluster.scheduler_address
     finally:
         # A slow shutdown (workers busy exiting on a loaded machine) must not fail a run whose
@@ -244,6 +346,8 @@ def start_cluster(plan: ClusterPlan):
             cluster.close()
         except Exception as e:  # noqa: BLE001
             log.warning("closing %s: %s: %s", plan.describe(), type(e).__name__, e)
+        if _is_slurm(plan):
+            cancel_jobs()
 
 
 @contextlib.contextmanager

@@ -147,7 +147,12 @@ class ComputeConfig(_Strict):
     cluster: str = "local"
     gram_block: int = _int(2048, ge=16, le=1 << 20)
     n_workers: int | None = _int(None, ge=1, le=MAX_WORKERS)
-    threads_per_worker: int = _int(1, ge=1, le=1024)
+    # threads (Dask and math libraries) per worker; None: the cluster's own (local: 1; a spec:
+    # its cores / processes and its prologue)
+    threads_per_worker: int | None = _int(None, ge=1, le=1024)
+    # seconds to wait for a started cluster's first worker (a Slurm job still pending after it
+    # stops the run, with squeue's reason, and its jobs are cancelled)
+    start_timeout: float = Field(600.0, gt=0.0, le=7 * 86400.0)
     memory_budget_gb: float = Field(8.0, gt=0.0)  # largest Gram solved in memory
     # a trial's lease expires this long after its holder's last heartbeat (ntkflow.lease)
     lease_seconds: float = Field(60.0, gt=0.0)

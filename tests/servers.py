@@ -291,3 +291,130 @@ def _environ(extra: dict):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+SLURM_DAEMONS = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "scancel", "sinfo")
+
+
+def slurm_missing() -> str | None:
+    """Why a private Slurm cannot start here (None when it can)."""
+    missing = [d for d in SLURM_DAEMONS if not shutil.which(d)]
+    if missing:
+        return f"Slurm not installed ({', '.join(missing)} missing; apt: slurmctld slurmd munge)"
+    if os.geteuid() != 0:
+        return "a private Slurm runs slurmd as root here; not root"
+    return None
+
+
+def _munged() -> None:
+    """A munge daemon (Slurm's authentication) with a key, unless one answers already."""
+    if subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode == 0:
+        return
+    key = Path("/etc/munge/munge.key")
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_bytes(os.urandom(1024))
+    for d in (key.parent, Path("/run/munge"), Path("/var/log/munge"), Path("/var/lib/munge")):
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.chown(d, "munge", "munge")
+    shutil.chown(key, "munge", "munge")
+    key.chmod(0o400)
+    subprocess.run(["runuser", "-u", "munge", "--", "munged"], check=True, capture_output=True)
+    for _ in range(50):
+        if subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError("munged did not start")
+
+
+def slurm_env(conf: Path) -> dict:
+    return {"SLURM_CONF": str(conf)}
+
+
+@contextlib.contextmanager
+def slurm(workdir: Path, gpus: int = 2, timeout: float = 60):
+    """A private single-node Slurm (slurmctld + slurmd, own ports, state, spool and logs under a
+    temporary folder) with ``gpus`` fake GPUs (gres on /dev/tty*) and partitions ``debug``
+    (default) and ``gpu``. Yields the environment (``SLURM_CONF``) for its clients; on exit
+    every job is cancelled and both daemons are stopped."""
+    why = slurm_missing()
+    if why:
+        raise FileNotFoundError(why)
+    _munged()
+    base = Path(tempfile.mkdtemp(prefix="ntkflow-slurm-"))
+    for d in ("state", "spool", "log"):
+        (base / d).mkdir()
+    node = socket.gethostname()
+    hw = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True).stdout
+    hw = hw.splitlines()[0].split(" ", 1)[1]  # CPUs=… Boards=… … RealMemory=…
+    conf = base / "slurm.conf"
+    conf.write_text(
+        f"""ClusterName=ntkflow-test
+SlurmctldHost={node}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
+AuthType=auth/munge
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation={base}/state
+SlurmdSpoolDir={base}/spool
+SlurmctldPidFile={base}/slurmctld.pid
+SlurmdPidFile={base}/slurmd.pid
+SlurmctldLogFile={base}/log/slurmctld.log
+SlurmdLogFile={base}/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2
+MpiDefault=none
+ReturnToService=2
+MinJobAge=5
+KillWait=3
+InactiveLimit=0
+GresTypes=gpu
+NodeName={node} {hw} Gres=gpu:{gpus} State=UNKNOWN
+PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes={node} MaxTime=INFINITE State=UP
+"""
+    )
+    devices = f"/dev/tty[0-{gpus - 1}]" if gpus > 1 else "/dev/tty0"
+    (base / "gres.conf").write_text(f"Name=gpu File={devices}\n")
+    env = {**os.environ, **slurm_env(conf)}
+    procs = []
+    try:
+        for daemon in ("slurmctld", "slurmd"):
+            log = open(base / "log" / f"{daemon}.out", "w")
+            procs.append(
+                subprocess.Popen(
+                    [daemon, "-D", "-f", str(conf), *(["-i"] if daemon == "slurmctld" else [])],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            res = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True)
+            if res.stdout.decode().split() and all(
+                s.startswith("idle") for s in res.stdout.decode().split()
+            ):
+                break
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                logs = "".join(
+                    (base / "log" / f).read_text()[-2000:]
+                    for f in ("slurmctld.log", "slurmd.log", "slurmctld.out", "slurmd.out")
+                    if (base / "log" / f).exists()
+                )
+                raise RuntimeError(f"Slurm did not come up (sinfo: {res.stdout!r}):\n{logs}")
+            time.sleep(0.5)
+        yield slurm_env(conf)
+    finally:
+        subprocess.run(["scancel", "--full", "--user", "root"], env=env, capture_output=True)
+        for p in reversed(procs):
+            stop(p, timeout=20)
+        with contextlib.suppress(OSError):
+            shutil.copytree(base / "log", workdir / "slurm-logs", dirs_exist_ok=True)
+        shutil.rmtree(base, ignore_errors=True)

@@ -1,6 +1,7 @@
 """The ``ntkflow`` command on bad input: one clear error, exit 2, no traceback, no run folder;
 and a clean stop on SIGINT/SIGTERM (no orphaned server or worker)."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -276,6 +277,32 @@ def test_signal_stops_everything(tmp_path, prefect_home, signum, to_group):
         survivors = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert survivors == [], [(p.pid, p.cmdline()) for p in survivors]
     finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_nothing_running(tmp_path, prefect_home):
+    """SIGKILL of the command alone (no handler runs): its watchdog stops the embedded server and
+    the Dask processes within seconds, then exits itself."""
+    proc, lines, reader = _start_run(tmp_path, prefect_home)
+    tree = []
+    try:
+        _wait_for(lines, proc, " epoch 200/")
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        names = [" ".join(p.cmdline()) for p in tree]
+        assert any("flows.watchdog" in n for n in names), names
+        assert len(tree) >= 4  # the watchdog, the server and the workers
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        _, survivors = psutil.wait_procs(tree, timeout=15)
+        survivors = [p for p in survivors if p.status() != psutil.STATUS_ZOMBIE]
+        assert survivors == [], [(p.pid, p.cmdline()) for p in survivors]
+    finally:
+        for p in tree:  # nothing of this test may linger, whatever happened
+            with contextlib.suppress(psutil.Error):
+                p.kill()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -169,3 +169,26 @@ def test_missing_extra_is_named(tmp_path):
     for name in ("cuda", "deploy/cuda-local.yaml"):
         with pytest.raises(ClusterError, match=r"dask_cuda is not installed: `pip install 'ntk"):
             compute.resolve_cluster(name)
+
+
+def test_threads_per_worker_applies_to_spec_clusters():
+    """compute.threads_per_worker, when set, wins over a spec's own thread settings: the Slurm
+    job's worker gets --nthreads and the math libraries' variables after the spec's prologue."""
+    shipped = compute.load_spec("deploy/slurm-gpu.yaml", ComputeConfig())
+    plan = compute.load_spec("deploy/slurm-gpu.yaml", ComputeConfig(threads_per_worker=3))
+    assert plan.kwargs["worker_extra_args"] == [
+        *shipped.kwargs["worker_extra_args"],
+        "--nthreads",
+        "3",
+    ]
+    assert plan.kwargs["job_script_prologue"][:-1] == shipped.kwargs["job_script_prologue"]
+    assert "OMP_NUM_THREADS=3" in plan.kwargs["job_script_prologue"][-1]
+    from dask_jobqueue import SLURMCluster
+
+    kwargs = {**plan.kwargs, "worker_command": "distributed.cli.dask_worker"}
+    kwargs["scheduler_options"] = {"dashboard_address": ":0"}
+    with SLURMCluster(**kwargs) as cluster:
+        script = cluster.job_script()
+    assert script.rstrip().endswith("--nthreads 3") and "export OMP_NUM_THREADS=3" in script
+    local = compute._with_threads("distributed.LocalCluster", {"env": {"A": "1"}}, 2)
+    assert local["threads_per_worker"] == 2 and local["env"] == {"A": "1", **compute.worker_env(2)}

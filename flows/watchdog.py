@@ -1,0 +1,72 @@
+"""The watchdog of ``ntkflow run``: nothing outlives a command that was killed.
+
+A SIGINT/SIGTERM is handled by the command itself (``flows.runtime.exit_on_signals``); a SIGKILL
+or the OOM killer is not, and would leave the embedded Prefect server, the Dask scheduler's
+workers and the Slurm jobs of the run behind. This small process, started by the command in a
+session of its own, watches it: every half second it notes the command's descendants (psutil
+remembers each one's start time, so a reused pid is never mistaken for one), and once the
+command is gone it stops those still running (SIGTERM, then SIGKILL after 3 s) and cancels the
+run's batch jobs (``compute.cancel_jobs``: by job name, which carries the command's pid).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+
+INTERVAL = 0.5
+
+
+def watch(pid: int, interval: float = INTERVAL) -> list[psutil.Process]:
+    """Block until process ``pid`` ends, then stop what it left; returns what had to be stopped."""
+    me = os.getpid()
+    known: dict[int, psutil.Process] = {}
+    try:
+        parent = psutil.Process(pid)
+        while parent.is_running() and parent.status() != psutil.STATUS_ZOMBIE:
+            for p in parent.children(recursive=True):
+                if p.pid != me:
+                    known.setdefault(p.pid, p)
+            time.sleep(interval)
+    except psutil.Error:
+        pass
+    left = []
+    for p in known.values():  # with their own children (reparented, unknown to the command)
+        with contextlib.suppress(psutil.Error):
+            if p.is_running():
+                left += [p, *p.children(recursive=True)]
+    for p in left:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(left, timeout=3)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    from ntkflow.compute import cancel_jobs
+
+    cancel_jobs(pid)
+    return left
+
+
+def start() -> subprocess.Popen:
+    """Start the watchdog of this process (in its own session: a Ctrl-C or a kill of the
+    command's process group does not reach it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.watchdog", str(os.getpid())],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
+
+
+if __name__ == "__main__":
+    left = watch(int(sys.argv[1]))
+    if left:
+        print(f"ntkflow watchdog: stopped {len(left)} leftover process(es)", file=sys.stderr)

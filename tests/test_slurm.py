@@ -1,0 +1,185 @@
+"""`ntkflow run` on a real single-node Slurm (slurmctld + slurmd with two fake GPUs, started
+here by tests/servers.py): the shipped GPU spec with only site fields changed, jobs Slurm refuses,
+jobs that never start, signals. Every test ends with nothing left in the queue."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from launch import launch
+from servers import slurm, slurm_missing
+
+from ntkflow.compute import worker_env
+from ntkflow.presets import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+# every Slurm test in one xdist worker (one private Slurm; the node has few CPUs)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+
+SETS = [
+    "trials=2",
+    "data.n_obs=120",
+    "kernels=[NTKB1, K1]",
+    "networks.depths=[1]",
+    "networks.width=64",
+    "networks.epochs=[20]",
+]
+ARGS = ["run", "--preset", "smoke", *[a for s in SETS for a in ("--set", s)]]
+CFG = load_config("smoke", overrides=SETS)
+
+
+@pytest.fixture(scope="module")
+def slurm_env(tmp_path_factory):
+    why = slurm_missing()
+    if why:
+        pytest.skip(why)
+    with slurm(tmp_path_factory.mktemp("slurm")) as env:
+        os.environ.update(env)  # this process's squeue/scancel and the commands it launches
+        try:
+            yield env
+        finally:
+            os.environ.pop("SLURM_CONF", None)
+
+
+def _spec(tmp_path: Path, name="spec", **changes) -> Path:
+    """deploy/slurm-gpu.yaml with only site fields changed for the test node: the partition,
+    one core and 2 GB per job, logs under tmp, and the plain Dask worker command (dask-cuda
+    needs CUDA; the job still asks --gres=gpu:1 and the worker still declares GPU=1)."""
+    spec = yaml.safe_load((ROOT / "deploy/slurm-gpu.yaml").read_text())
+    kw = spec["kwargs"]
+    kw.update(
+        cores=1,
+        memory="2GB",
+        worker_command="distributed.cli.dask_worker",
+        log_directory=str(tmp_path / f"{name}-logs"),
+        scheduler_options={"dashboard_address": ":0"},
+        job_script_prologue=[*kw["job_script_prologue"], "echo GPU-VISIBLE=$CUDA_VISIBLE_DEVICES"],
+    )
+    spec["adapt"] = {"minimum": 0, "maximum": 2}
+    for key, value in changes.items():
+        kw[key] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _queue() -> list[str]:
+    res = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], capture_output=True, text=True)
+    return res.stdout.split("\n")[:-1]
+
+
+def _queue_empties(timeout: float = 20.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (left := _queue()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+REFERENCE = """
+import json, sys
+from ntkflow import report, trial
+from ntkflow.presets import load_config
+from ntkflow.store import Store
+cfg, store = load_config("smoke", overrides=json.loads(sys.argv[1])), Store(sys.argv[2])
+for k in range(cfg.trials):
+    trial.run_trial(cfg, store, k)
+print(json.dumps(report.aggregate(cfg, store)["methods"]))
+"""
+
+
+def test_the_shipped_gpu_spec_runs_on_slurm_with_the_local_numbers(slurm_env, tmp_path):
+    spec = _spec(tmp_path)
+    log = tmp_path / "run.log"
+    proc = launch([*ARGS, "--cluster", str(spec), "--out", str(tmp_path / "runs")], log, tmp_path)
+    proc.wait(timeout=600)
+    out = log.read_text()
+    assert proc.returncode == 0, out
+    assert _queue_empties() == []
+    summary = json.loads((tmp_path / "runs" / CFG.run_id / "summary.json").read_text())
+    # the same trials in one process with the workers' single-threaded math: the same numbers
+    ref = subprocess.run(
+        [sys.executable, "-c", REFERENCE, json.dumps(SETS), str(tmp_path / "local")],
+        env={**os.environ, **worker_env(1)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    reference = json.loads(ref.stdout.splitlines()[-1])
+    assert summary["failed_trials"] == []
+    for method, stats in reference.items():
+        assert summary["methods"][method]["mean_rmse"] == pytest.approx(
+            stats["mean_rmse"], rel=1e-9
+        ), method
+    # each job held one GPU of the node: Slurm set CUDA_VISIBLE_DEVICES for it
+    visible = {
+        line.split("=", 1)[1]
+        for f in (tmp_path / "spec-logs").glob("*.out")
+        for line in f.read_text().splitlines()
+        if line.startswith("GPU-VISIBLE=")
+    }
+    assert visible and visible <= {"0", "1"}, visible
+    scripts = list((tmp_path / "spec-logs").glob("*"))
+    assert scripts, "no job wrote a log"
+
+    # nothing to compute: no job is submitted (no cluster starts), the logs stay as they were
+    logs = sorted(p.name for p in (tmp_path / "spec-logs").iterdir())
+    again = launch(
+        [*ARGS, "--cluster", str(spec), "--out", str(tmp_path / "runs")],
+        tmp_path / "re.log",
+        tmp_path,
+    )
+    again.wait(timeout=300)
+    assert again.returncode == 0 and "0 to compute" in (tmp_path / "re.log").read_text()
+    assert sorted(p.name for p in (tmp_path / "spec-logs").iterdir()) == logs
+
+
+def test_a_job_slurm_refuses_fails_the_run_at_once_with_sbatchs_message(slurm_env, tmp_path):
+    spec = _spec(tmp_path, job_extra_directives=["--gres=gpux:1"])
+    proc = launch(
+        [*ARGS, "--cluster", str(spec), "--out", str(tmp_path / "runs")], tmp_path / "l", tmp_path
+    )
+    proc.wait(timeout=300)
+    out = (tmp_path / "l").read_text()
+    assert proc.returncode == 2, out
+    assert "Invalid generic resource (gres) specification" in out
+    assert "Traceback" not in out
+    assert _queue() == []
+
+
+def test_a_job_still_pending_after_the_start_timeout_stops_the_run(slurm_env, tmp_path):
+    spec = _spec(tmp_path, job_extra_directives=["--gres=gpu:1", "--begin=now+3600"])
+    args = [*ARGS, "--set", "compute.start_timeout=8", "--cluster", str(spec)]
+    proc = launch([*args, "--out", str(tmp_path / "runs")], tmp_path / "l", tmp_path)
+    proc.wait(timeout=300)
+    out = (tmp_path / "l").read_text()
+    assert proc.returncode == 2, out
+    assert "compute.start_timeout" in out and "PENDING (BeginTime)" in out, out
+    assert _queue_empties(10) == []
+
+
+def test_sigterm_cancels_every_job_of_the_run_before_it_exits(slurm_env, tmp_path):
+    spec = _spec(tmp_path)
+    sets = ["--set", "networks.epochs=[5000]"]  # still training when the signal comes
+    proc = launch(
+        [*ARGS, *sets, "--cluster", str(spec), "--out", str(tmp_path / "runs")],
+        tmp_path / "l",
+        tmp_path,
+    )
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "runs").glob("*/trials/*/items/K1.json")):  # kernels done
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "l").read_text()
+        time.sleep(0.5)
+    time.sleep(3)  # training now (5000 epochs: a minute)
+    assert [j for j in _queue() if "RUNNING" in j]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert _queue_empties(10) == []  # cancelled by the command itself (KillWait=3 here)
+    done = list((tmp_path / "runs").glob("*/trials/*/items/NN*.json"))
+    time.sleep(5)
+    assert list((tmp_path / "runs").glob("*/trials/*/items/NN*.json")) == done  # no training
