@@ -26,7 +26,7 @@ chromium:
 
 test: venv chromium
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -n 4 --dist loadgroup --timeout=900
+	$(BIN)/pytest -q -n 4 --dist loadgroup --timeout=900 --durations=15
 
 test-fast: venv
 	$(BIN)/pytest -q -n 2 -m "not slow"
@@ -38,6 +38,7 @@ bench: venv
 	$(BIN)/python benchmarks/trial_large.py
 	$(BIN)/python benchmarks/train_step.py --steps 50
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/cluster_paths.py
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -63,12 +63,14 @@ def test_a_live_lease_is_exclusive_until_released(store):
 
 
 def test_heartbeat_keeps_a_short_lease_alive(store):
-    with lease.try_acquire(store, "L", ttl=0.6)[0] as held:
+    # renewed every ttl/4: that must exceed a write's latency (S3 requests take ~0.1-0.3 s here)
+    ttl = 3.0 if store.url.startswith("s3://") else 0.6
+    with lease.try_acquire(store, "L", ttl=ttl)[0] as held:
         first = held.record["expires"]
-        time.sleep(1.5)  # 2.5 lifetimes: alive only because the heartbeat renews it
-        assert lease.try_acquire(store, "L", ttl=0.6)[0] is None
+        time.sleep(2.5 * ttl)  # alive only because the heartbeat renews it
+        assert lease.try_acquire(store, "L", ttl=ttl)[0] is None
         assert store.read_json(held.path)["expires"] > first
-    assert lease.try_acquire(store, "L", ttl=0.6)[0] is not None
+    assert lease.try_acquire(store, "L", ttl=ttl)[0] is not None
 
 
 def _foreign(store, gen, expires_in):

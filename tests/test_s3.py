@@ -124,12 +124,13 @@ def test_temporary_groups_of_dead_writers_are_swept(tmp_path, backend, request, 
     old = "trials/000/gram/.tmp-0123-NTKB1.zarr"
     g = zarr.open_group(store=store.zarr_store(old), mode="w")
     g.create_array("train_train", data=np.ones((4, 4)))
-    time.sleep(1.5)
+    time.sleep(6)
     young = "trials/000/items/.tmp-4567-K1.json"
     store.write_text(young, "{}")
     age = store.age(old)
-    assert age is not None and 1.0 < age < 600  # the newest object's age
-    monkeypatch.setattr(manifest, "STALE_AGE", 1.0)
+    assert age is not None and 6 < age < 600  # the newest object's age
+    # stale: older than `young` by a margin (5 s) that the rerun's start cannot use up
+    monkeypatch.setattr(manifest, "STALE_AGE", age - 5)
     store.remove("trials/000/result.json")
     trial.run_trial(cfg, store, 0)
     assert not store.files(old) and store.exists(young)
