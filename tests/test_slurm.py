@@ -102,15 +102,7 @@ def test_the_shipped_gpu_spec_runs_on_slurm_with_the_local_numbers(slurm_env, tm
     assert proc.returncode == 0, out
     assert _queue_empties() == []
     summary = json.loads((tmp_path / "runs" / CFG.run_id / "summary.json").read_text())
-    # the same trials in one process with the workers' single-threaded math: the same numbers
-    ref = subprocess.run(
-        [sys.executable, "-c", REFERENCE, json.dumps(SETS), str(tmp_path / "local")],
-        env={**os.environ, **worker_env(1)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    reference = json.loads(ref.stdout.splitlines()[-1])
+    reference = _reference(tmp_path, SETS)  # the same numbers as a local computation
     assert summary["failed_trials"] == []
     for method, stats in reference.items():
         assert summary["methods"][method]["mean_rmse"] == pytest.approx(
@@ -183,3 +175,44 @@ def test_sigterm_cancels_every_job_of_the_run_before_it_exits(slurm_env, tmp_pat
     done = list((tmp_path / "runs").glob("*/trials/*/items/NN*.json"))
     time.sleep(5)
     assert list((tmp_path / "runs").glob("*/trials/*/items/NN*.json")) == done  # no training
+
+
+def _reference(tmp_path: Path, sets: list[str]) -> dict:
+    """The same trials in one process with the workers' single-threaded math."""
+    res = subprocess.run(
+        [sys.executable, "-c", REFERENCE, json.dumps(sets), str(tmp_path / "local")],
+        env={**os.environ, **worker_env(1)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(res.stdout.splitlines()[-1])
+
+
+def test_a_busy_worker_cancelled_by_scancel_is_replaced_with_the_same_numbers(slurm_env, tmp_path):
+    spec = _spec(tmp_path)
+    spec.write_text(spec.read_text().replace("maximum: 2", "maximum: 1"))  # one job at a time
+    sets = [*SETS, "networks.epochs=[600]"]
+    args = ["run", "--preset", "smoke", *[a for s in sets for a in ("--set", s)]]
+    proc = launch(
+        [*args, "--cluster", str(spec), "--out", str(tmp_path / "runs")], tmp_path / "l", tmp_path
+    )
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "runs").glob("*/trials/*/items/K1.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "l").read_text()
+        time.sleep(0.5)
+    time.sleep(2)  # training
+    (job,) = [j.split()[0] for j in _queue() if "RUNNING" in j]
+    subprocess.run(["scancel", job], check=True)
+    proc.wait(timeout=600)
+    out = (tmp_path / "l").read_text()
+    assert proc.returncode == 0, out
+    jobs = {p.stem.rsplit("-", 1)[1] for p in (tmp_path / "spec-logs").glob("*.out")}
+    assert len(jobs) >= 2 and job in jobs, jobs  # the cancelled job and its replacement
+    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    assert summary["failed_trials"] == []
+    for method, stats in _reference(tmp_path, sets).items():
+        assert summary["methods"][method]["mean_rmse"] == pytest.approx(
+            stats["mean_rmse"], rel=1e-9
+        ), method
+    assert _queue_empties() == []
