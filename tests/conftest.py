@@ -75,3 +75,20 @@ def s3_root(s3_env):
     import uuid
 
     return f"s3://ntkflow/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def slurm_env(tmp_path_factory):
+    """A private single-node Slurm for this pytest process (tests using it are grouped into one
+    xdist worker, ``xdist_group("slurm")``); SLURM_CONF exported for the commands tests start."""
+    from servers import slurm, slurm_missing
+
+    why = slurm_missing()
+    if why:
+        pytest.skip(why)
+    with slurm(tmp_path_factory.mktemp("slurm")) as env:
+        os.environ.update(env)
+        try:
+            yield env
+        finally:
+            os.environ.pop("SLURM_CONF", None)

@@ -418,3 +418,27 @@ PartitionName=gpu Nodes={node} MaxTime=INFINITE State=UP
         with contextlib.suppress(OSError):
             shutil.copytree(base / "log", workdir / "slurm-logs", dirs_exist_ok=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def slurm_spec(tmp_path: Path, name="spec", **changes) -> Path:
+    """deploy/slurm-gpu.yaml with only site fields changed for the test node: one core and 2 GB
+    per job, logs under tmp (``<name>-logs``), and the plain Dask worker command (dask-cuda needs
+    CUDA; the job still asks --gres=gpu:1 and the worker still declares GPU=1). ``changes``
+    replace further ``kwargs`` keys."""
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "deploy/slurm-gpu.yaml").read_text())
+    kw = spec["kwargs"]
+    kw.update(
+        cores=1,
+        memory="2GB",
+        worker_command="distributed.cli.dask_worker",
+        log_directory=str(tmp_path / f"{name}-logs"),
+        scheduler_options={"dashboard_address": ":0"},
+        job_script_prologue=[*kw["job_script_prologue"], "echo GPU-VISIBLE=$CUDA_VISIBLE_DEVICES"],
+    )
+    spec["adapt"] = {"minimum": 0, "maximum": 2}
+    kw.update(changes)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path

@@ -3,6 +3,7 @@ deploy` of deploy/prefect.yaml, a `prefect worker`, `prefect deployment run` wit
 then `prefect flow-run retry` (what the UI's Retry button calls) of the failed run."""
 
 import json
+import subprocess
 import time
 
 import pytest
@@ -51,20 +52,36 @@ def _subflow_runs(api, parent_id):
     )
 
 
-def test_deployment_run_fails_then_retry_completes_in_place(stack):
+@pytest.mark.parametrize(
+    "cluster", ["local", pytest.param("slurm", marks=pytest.mark.xdist_group("slurm"))]
+)
+def test_deployment_run_fails_then_retry_completes_in_place(stack, cluster, request):
+    """The README's walk-through, on the default cluster and on Slurm (the shipped GPU spec with
+    site fields changed): a failing trial, then `prefect flow-run retry` recomputes only it."""
     api, env, work = stack["api"], stack["env"], stack["work"]
     assert stack["db"].startswith("postgresql+asyncpg://")
     params = {"preset": "smoke", "overrides": FAULTS}
+    extra = []
+    if cluster == "slurm":  # the flow run (a subprocess of the worker) finds Slurm by SLURM_CONF
+        slurm = request.getfixturevalue("slurm_env")
+        work = work / "slurm"  # its own store: the same run id as the local case
+        work.mkdir()
+        params.update(cluster=str(S.slurm_spec(work)), out=str(work / "runs"))
+        job_env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **slurm}
+        extra = ["--job-variable", f"env={json.dumps(job_env)}"]
     t_run = time.time()
     res = S.cli(
-        ["deployment", "run", "experiment/ntkflow-process", "--params", json.dumps(params)], env
+        ["deployment", "run", "experiment/ntkflow-process", "--params", json.dumps(params), *extra],
+        env,
     )
     flow_run_id = res.stdout.split("UUID: ")[1].split()[0]
 
     first = S.wait_flow_run(api, flow_run_id, timeout=600)
     assert first["state"]["type"] == "FAILED", first["state"]
     assert "1 trial(s) failed: [1]" in first["state"]["message"]
-    assert first["deployment_id"] and first["parameters"]["cluster"] == "local"
+    assert first["deployment_id"] and first["parameters"]["cluster"] == params.get(
+        "cluster", "local"
+    )
 
     # the run folder: named by the run id of the same config `ntkflow run` would build
     cfg = load_config("smoke", None, FAULTS)
@@ -99,6 +116,9 @@ def test_deployment_run_fails_then_retry_completes_in_place(stack):
     tasks = _task_runs(api, [s["id"] for s in _subflow_runs(api, flow_run_id)])
     computed = sorted(t["name"] for t in tasks if t["name"] in ("trial-000", "trial-001"))
     assert computed == ["trial-000", "trial-001", "trial-001"]  # only trial 1 ran again
+    if cluster == "slurm":  # on Slurm jobs, which are all gone
+        assert list((work / "spec-logs").glob("*.out"))
+        assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == ""
 
 
 def test_bad_parameters_fail_the_run_before_any_trial(stack):

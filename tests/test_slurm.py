@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from launch import launch
-from servers import slurm, slurm_missing
+from servers import slurm_spec as _spec
 
 from ntkflow.compute import worker_env
 from ntkflow.presets import load_config
@@ -32,41 +31,6 @@ SETS = [
 ]
 ARGS = ["run", "--preset", "smoke", *[a for s in SETS for a in ("--set", s)]]
 CFG = load_config("smoke", overrides=SETS)
-
-
-@pytest.fixture(scope="module")
-def slurm_env(tmp_path_factory):
-    why = slurm_missing()
-    if why:
-        pytest.skip(why)
-    with slurm(tmp_path_factory.mktemp("slurm")) as env:
-        os.environ.update(env)  # this process's squeue/scancel and the commands it launches
-        try:
-            yield env
-        finally:
-            os.environ.pop("SLURM_CONF", None)
-
-
-def _spec(tmp_path: Path, name="spec", **changes) -> Path:
-    """deploy/slurm-gpu.yaml with only site fields changed for the test node: the partition,
-    one core and 2 GB per job, logs under tmp, and the plain Dask worker command (dask-cuda
-    needs CUDA; the job still asks --gres=gpu:1 and the worker still declares GPU=1)."""
-    spec = yaml.safe_load((ROOT / "deploy/slurm-gpu.yaml").read_text())
-    kw = spec["kwargs"]
-    kw.update(
-        cores=1,
-        memory="2GB",
-        worker_command="distributed.cli.dask_worker",
-        log_directory=str(tmp_path / f"{name}-logs"),
-        scheduler_options={"dashboard_address": ":0"},
-        job_script_prologue=[*kw["job_script_prologue"], "echo GPU-VISIBLE=$CUDA_VISIBLE_DEVICES"],
-    )
-    spec["adapt"] = {"minimum": 0, "maximum": 2}
-    for key, value in changes.items():
-        kw[key] = value
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 def _queue() -> list[str]:
