@@ -2,7 +2,8 @@
 
 Per trial: kernel time (Gram + solve of every kernel), network training, and the theory: the
 empirical NTK at initialisation and the drift diagnostics inside the training task
-(``seconds_ntk``) plus the theory task (``seconds_theory``: closed forms, SGD replay).
+(``seconds_ntk``: Θ̂₀ before training, Θ̂_T after it, the diagnostics) plus the theory task
+(``seconds_theory``: closed forms, SGD replay, and LIN-after, an item of its own).
 
     PYTHONPATH=$PWD python benchmarks/theory_cost.py RUN_DIR     # e.g. a `make run` folder
 """
@@ -26,8 +27,10 @@ def main() -> None:
         nets = t[t.kind == "network"]
         train = nets["seconds_train"].sum()
         ntk = nets["seconds_ntk"].sum()
-        # seconds_theory is the whole theory item, repeated on each of its LIN records
-        theory = t[t.kind == "linearized"].groupby("network")["seconds_theory"].first().sum()
+        # seconds_theory is the whole theory item, repeated on each of its LIN records; the
+        # items (LIN<L>, LIN<L>-after) store their predictions in one file each
+        lin = t[t.kind == "linearized"]
+        theory = lin.groupby(["network", "predictions"])["seconds_theory"].first().sum()
         added = ntk + theory
         rows.append(
             {

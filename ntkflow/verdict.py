@@ -9,7 +9,7 @@ Per network, over the trials where both sides succeeded, with paired 95% t inter
   linearized SGD replay LIN<L>-sgd (same f₀, same steps), absolute and relative to its RMSE.
 
 The sentence is chosen by comparing the two relative numbers at the ends of their intervals
-that are least favourable to the claim made (:func:`judge`); nothing of it is fixed in advance.
+least favourable to the claim made (:func:`judge`), and filled in with them.
 """
 
 from __future__ import annotations
@@ -75,20 +75,28 @@ def _own_kernel(entry: dict) -> tuple[str, dict] | None:
     return None
 
 
+def _bounds(d: dict, prefix: str = "") -> tuple[float, float]:
+    """The smallest and largest |value| over a 95% interval (smallest 0 if it contains 0)."""
+    lo, hi = d[f"{prefix}ci_low"], d[f"{prefix}ci_high"]
+    far = max(abs(lo), abs(hi))
+    return (0.0, far) if lo <= 0 <= hi else (min(abs(lo), abs(hi)), far)
+
+
 def judge(entry: dict) -> str:
-    """``matched``: the network's RMSE differs from kernel regression (interval excludes 0) by
-    more than the upper end of its relative gap to LIN-sgd; ``paper``: its RMSE is
-    indistinguishable from kernel regression (interval contains 0); ``neither``: it differs
-    from kernel regression and departs from LIN-sgd at least as much; ``undecided``: no
-    intervals (fewer than two trials, or a side missing)."""
+    """Which description the network is closer to, both relative to its RMSE and each taken at
+    the end of its 95% interval least favourable to the claim: ``matched`` when even the
+    largest gap to LIN-sgd is below the smallest |RMSE difference| to kernel regression;
+    ``paper`` when even the largest |RMSE difference| is below the smallest gap; ``neither``
+    when the intervals overlap; ``undecided`` without intervals (fewer than two trials, or no
+    kernel regression of the network's depth among the run's kernels)."""
     kern, matched = _own_kernel(entry), entry.get("matched")
     if kern is None or matched is None or not matched["rel_gap"]["n"] > 1:
         return "undecided"
-    d = kern[1]
-    if d["ci_low"] <= 0 <= d["ci_high"]:
-        return "paper"
-    paper_lo = min(abs(d["rel_ci_low"]), abs(d["rel_ci_high"]))
-    return "matched" if matched["rel_gap"]["ci_high"] < paper_lo else "neither"
+    paper_lo, paper_hi = _bounds(kern[1], "rel_")
+    gap_lo, gap_hi = _bounds(matched["rel_gap"])
+    if gap_hi < paper_lo:
+        return "matched"
+    return "paper" if paper_hi < gap_lo else "neither"
 
 
 def _pct(x: float) -> str:
@@ -108,26 +116,26 @@ def sentence(entry: dict) -> str:
     k, d = kern
     rg = m["rel_gap"]
     paper = (
-        f"its test RMSE differs from kernel regression {k} by {d['mean_diff']:+.4f} "
+        f"the difference of its test RMSE from kernel regression {k}, {d['mean_diff']:+.4f} "
         f"({_pct(d['rel_mean_diff'])} of its RMSE, 95% CI {_pct(d['rel_ci_low'])} to "
         f"{_pct(d['rel_ci_high'])})"
     )
     matched = (
-        f"its predictions are {_pct(rg['mean_diff'])} of its RMSE away from {m['predictor']} "
-        f"(95% CI up to {_pct(rg['ci_high'])})"
+        f"its prediction gap to {m['predictor']}, {_pct(rg['mean_diff'])} of its RMSE (95% CI "
+        f"{_pct(max(rg['ci_low'], 0.0))} to {_pct(rg['ci_high'])})"
     )
     if outcome == "matched":
         return (
-            f"{name}: the data support the matched comparison: {matched}, while {paper}; "
-            "the difference the paper reports is mostly the mismatch of comparing a network "
-            "trained to finite t from its own f₀ with t → ∞ kernel regression."
+            f"{name}: the data support the matched comparison: {matched}, is smaller than "
+            f"{paper}; the paper's difference measures its comparison (t → ∞, no f₀), not a "
+            "failure of the linearization."
         )
     if outcome == "paper":
         return (
-            f"{name}: the data support the paper's comparison: {paper}, an interval that "
-            f"contains 0, and {matched}."
+            f"{name}: the data support the paper's comparison: {paper}, is smaller than "
+            f"{matched}: the network left its linearization yet predicts like kernel regression."
         )
     return (
-        f"{name}: the data single out neither comparison: {paper}, and {matched}, not clearly "
-        "less: the network may have left its linearized regime."
+        f"{name}: the data single out neither comparison: {paper}, and {matched}, have "
+        f"overlapping intervals ({d['n']} trials)."
     )
