@@ -307,6 +307,8 @@ def _print_summary(summary: dict, url: str, seconds: float | None, api: str | No
             t.add_row(m, "0", "-", "-", "-")
     console = Console()
     console.print(t)
+    for v in (summary.get("verdict") or {}).values():  # report.md opens with them too
+        console.print(v["sentence"], markup=False, soft_wrap=True)
     if summary["failed_trials"]:
         console.print(f"[red]failed trials: {summary['failed_trials']}[/red]")
     took = f" in {seconds:.0f} s" if seconds is not None else ""

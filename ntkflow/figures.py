@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ntkflow.config import Config
-from ntkflow.names import network_specs
+from ntkflow.names import network_specs, parse_method
 from ntkflow.store import Store
 
 
@@ -54,7 +54,7 @@ def write_theory_figures(cfg: Config, df: pd.DataFrame, summary: dict, store: St
             lin = ok[ok.method == m].set_index("trial")["rmse"]
             both = lin.index.intersection(nn.index)
             if len(both):
-                ax.scatter(nn[both], lin[both], s=18, label=m.split("@")[0], alpha=0.8)
+                ax.scatter(nn[both], lin[both], s=18, label=parse_method(m).base, alpha=0.8)
                 lo = min(lo, nn[both].min(), lin[both].min())
                 hi = max(hi, nn[both].max(), lin[both].max())
         if np.isfinite(lo):
@@ -62,7 +62,7 @@ def write_theory_figures(cfg: Config, df: pd.DataFrame, summary: dict, store: St
             ax.legend(fontsize=7)
         ax.set_xlabel(f"{s.name} test RMSE")
         ax.set_ylabel("linearized test RMSE")
-        ax.set_title(f"depth {s.depth}, width {s.width}")
+        ax.set_title(f"{s.name} (depth {s.depth}, width {s.width})", fontsize=9)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     store.write_bytes("theory.png", _png(fig))

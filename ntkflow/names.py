@@ -104,7 +104,7 @@ class Method(NamedTuple):
     kind: str
     depth: int | None = None
     variant: str = ""
-    tag: str = ""  # "" or a sweep's grid point ("@w64", "@lr=0.02,width=1024")
+    tag: str = ""  # "" or a sweep's grid point ("@w64", "@width=1024,lr=0.02")
 
     @property
     def base(self) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-from ntkflow.names import SCALE_KEYS, THEORY_VARIANTS, sweep_tag
+from ntkflow.names import SCALE_KEYS, THEORY_VARIANTS, parse_method, sweep_tag
 
 
 def method_stats(rmse: np.ndarray) -> dict[str, float]:
@@ -223,7 +223,7 @@ def width_slopes(df: pd.DataFrame, specs, varied=("width",), level: float = 0.95
         widths = [s.width for s in group]
         logw = np.log(widths)
         res = {}
-        for base in (m.split("@")[0] for m in group[0].theory_methods()):
+        for base in (parse_method(m).base for m in group[0].theory_methods()):
             gaps, rel_rmse, ref = {}, [], []
             for s in group:
                 lin = ok[ok.method == f"{base}{s.tag}"].set_index("trial")

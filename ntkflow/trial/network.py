@@ -16,6 +16,22 @@ from ntkflow.names import net_seed, network_spec, ntk_subsample_seed
 from ntkflow.trial.context import Trial
 from ntkflow.trial.items import RecordItem, failed_record, log, producer
 
+_MEMO: dict = {}  # see memo()
+MEMO_SIZE = 8
+
+
+def memo(key: tuple, make):
+    """``make()``, kept for the next call with the same ``key`` in this process (the oldest of
+    MEMO_SIZE dropped). The networks of a sweep's grid points often share what the theory needs
+    from their initialisation (the initial network of an lr sweep, the analytic kernel of every
+    point): each is computed once per worker process instead of once per grid point. Keys name
+    everything the value depends on."""
+    if key not in _MEMO:
+        if len(_MEMO) >= MEMO_SIZE:
+            _MEMO.pop(next(iter(_MEMO)))
+        _MEMO[key] = make()
+    return _MEMO[key]
+
 
 def write_npz(t: Trial, rel: str, **arrays) -> str:
     """Write arrays as one .npz (one atomic write); returns its SHA-256."""
@@ -162,11 +178,17 @@ def store_initial_ntk(t: Trial, name: str, net) -> InitialNTK:
     d = t.data
     rows = np.concatenate([d.fit, d.test])
     nf = len(d.fit)
-    ntk = network_ntk(t, net)
     p = net.layers[0].weight
-    with torch.no_grad():
-        f0 = net(torch.as_tensor(d.x[rows]).to(dtype=p.dtype, device=p.device)).reshape(-1).double()
-    f0 = f0.cpu().numpy()
+
+    def compute():
+        with torch.no_grad():
+            x = torch.as_tensor(d.x[rows]).to(dtype=p.dtype, device=p.device)
+            f0 = net(x).reshape(-1).double().cpu().numpy()
+        return network_ntk(t, net), f0
+
+    # the initial network is determined by these (grid points of an lr sweep share it)
+    init = (net.depth, p.shape[0], net.parameterization, str(p.dtype), str(p.device))
+    ntk, f0 = memo(("ntk0", t.store.url, t.k, t.data_sha, *init), compute)
     rel = t.net_path(name, "_ntk0.npz")
     sha = write_npz(t, rel, ntk=ntk, f0_fit=f0[:nf], f0_test=f0[nf:])
     return InitialNTK(ntk, f0[:nf], f0[nf:], {"ntk0": rel, "ntk0_sha256": sha})

@@ -12,6 +12,7 @@ that diverges (or a network that did) fails only its own method.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import time
@@ -23,7 +24,13 @@ from ntkflow.gram import CorruptArtifact
 from ntkflow.names import REFERENCE_OF, THEORY_VARIANTS, net_seed, network_spec, parse_method
 from ntkflow.trial.context import Trial
 from ntkflow.trial.items import RecordItem, failed_record, log, producer
-from ntkflow.trial.network import NetworkItem, load_final_ntk, load_initial_ntk, write_npz
+from ntkflow.trial.network import (
+    NetworkItem,
+    load_final_ntk,
+    load_initial_ntk,
+    memo,
+    write_npz,
+)
 
 
 class TheoryItem(RecordItem):
@@ -142,10 +149,19 @@ def after_predictions(t: Trial, spec, init, final: np.ndarray) -> dict:
 
     d, nf = t.data, len(t.data.fit)
     f0 = (d.y[d.fit], init.f0_fit, init.f0_test)
-    return {
-        v: GradientFlow(k[:nf], k[nf:]).predict(spec.t, *f0)
-        for v, k in (("-after", final), ("-emp", init.ntk))
-    }
+    after = GradientFlow(final[:nf], final[nf:]).predict(spec.t, *f0)
+    return {"-after": after, "-emp": initial_flow(t, init).predict(spec.t, *f0)}
+
+
+def initial_flow(t: Trial, init):
+    """The gradient flow with the initial empirical NTK (one eigendecomposition, shared by the
+    grid points whose networks start alike, and by LIN-emp and LIN-after's reference)."""
+    from ntkflow.linearized import GradientFlow
+
+    nf = len(t.data.fit)
+    digest = hashlib.sha256(np.ascontiguousarray(init.ntk).data).hexdigest()
+    key = ("flow0", t.store.url, t.k, t.data_sha, init.ntk.shape, digest)
+    return memo(key, lambda: GradientFlow(init.ntk[:nf], init.ntk[nf:]))
 
 
 def predictions(t: Trial, spec, init) -> tuple[dict, dict]:
@@ -158,10 +174,11 @@ def predictions(t: Trial, spec, init) -> tuple[dict, dict]:
     f0 = (d.y[d.fit], init.f0_fit, init.f0_test)
     emp_fit, emp_test = init.ntk[:nf], init.ntk[nf:]
     preds, errors = {}, {}
-    if spec.kernel:
-        flow = GradientFlow(*analytic_ntk(t, spec.kernel))  # one eigh: every t
+    if spec.kernel:  # one eigh per trial and kernel serves every t and grid point
+        key = ("flow", t.store.url, t.k, t.data_sha, spec.kernel)
+        flow = memo(key, lambda: GradientFlow(*analytic_ntk(t, spec.kernel)))
         preds[""], preds["-inf"] = flow.predict(time_t, *f0), flow.predict(math.inf, *f0)
-    preds["-emp"] = GradientFlow(emp_fit, emp_test).predict(time_t, *f0)
+    preds["-emp"] = initial_flow(t, init).predict(time_t, *f0)
     try:
         perms = epoch_permutations(net_seed(t.cfg, t.k, spec.depth), nf, spec.epochs)
         preds["-sgd"] = sgd_replay(
