@@ -163,11 +163,11 @@ class InitialNTK(NamedTuple):
 
 def network_ntk(t: Trial, net) -> np.ndarray:
     """The network's empirical NTK Θ̂(fit ⊕ test, fit), float64, fit rows first: per-layer
-    factors of a float64 copy of the network (no Jacobians), features once for all rows."""
+    factors of a float64 copy of the network (no Jacobians); only the columns of fit points."""
     from ntkflow.nets import empirical_ntk
 
     d = t.data
-    return empirical_ntk(net, d.x[np.concatenate([d.fit, d.test])])[:, : len(d.fit)]
+    return empirical_ntk(net, d.x[np.concatenate([d.fit, d.test])], d.x[d.fit])
 
 
 def store_initial_ntk(t: Trial, name: str, net) -> InitialNTK:
