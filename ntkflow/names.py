@@ -137,8 +137,15 @@ def same_depth(a: str, b: str) -> bool:
     network (``NN1`` vs ``NTKB1``), of one grid point in a sweep (a kernel has none)."""
     pa, pb = parse_method(a), parse_method(b)
     depth = {pa.depth or _kernel_depth(a), pb.depth or _kernel_depth(b)}
-    point = pa.tag == pb.tag or "kernel" in (pa.kind, pb.kind)
-    return len(depth) == 1 and None not in depth and "network" in (pa.kind, pb.kind) and point
+    both = len(depth) == 1 and None not in depth and "network" in (pa.kind, pb.kind)
+    return both and same_point(a, b)
+
+
+def same_point(a: str, b: str) -> bool:
+    """Whether methods ``a`` and ``b`` belong to one grid point of a sweep (a kernel belongs to
+    every point): the pairs worth a paired comparison (a 64-point grid has ~300 methods)."""
+    pa, pb = parse_method(a), parse_method(b)
+    return pa.tag == pb.tag or "kernel" in (pa.kind, pb.kind)
 
 
 def _kernel_depth(name: str) -> int | None:

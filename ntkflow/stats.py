@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-from ntkflow.names import SCALE_KEYS, THEORY_VARIANTS, parse_method, sweep_tag
+from ntkflow.names import SCALE_KEYS, THEORY_VARIANTS, parse_method, same_point, sweep_tag
 
 
 def method_stats(rmse: np.ndarray) -> dict[str, float]:
@@ -46,7 +46,8 @@ def paired_difference(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> dict
 
 
 def summarize(df: pd.DataFrame, methods: list[str]) -> dict:
-    """``df``: tidy rows (trial, method, rmse, status). Failed trials are counted, not averaged."""
+    """``df``: tidy rows (trial, method, rmse, status). Failed trials are counted, not averaged.
+    Paired differences: every pair of methods of one sweep grid point (kernels in all)."""
     ok = df[df.status == "ok"]
     wide = ok.pivot_table(index="trial", columns="method", values="rmse")
     per_method = {m: method_stats(ok.loc[ok.method == m, "rmse"].to_numpy()) for m in methods}
@@ -63,6 +64,8 @@ def summarize(df: pd.DataFrame, methods: list[str]) -> dict:
                 change[fam] = 100.0 * (m2["mean_rmse"] - m1["mean_rmse"]) / m1["mean_rmse"]
     paired = []
     for a, b in itertools.combinations([m for m in methods if m in wide], 2):
+        if not same_point(a, b):
+            continue
         both = wide[[a, b]].dropna()
         if len(both):
             paired.append({"a": a, "b": b, **paired_difference(both[a], both[b])})
