@@ -9,7 +9,7 @@ import sys
 import time
 
 from ntkflow.config import ConfigError, to_yaml
-from ntkflow.presets import DEFAULT_PRESET, PRESET_HELP, PRESETS, load_config
+from ntkflow.presets import DEFAULT_PRESET, PRESET_HELP, PRESETS, load_config, parse_vary
 
 EXIT_CONFIG = 2
 
@@ -46,14 +46,28 @@ def _parser() -> argparse.ArgumentParser:
         "sweep",
         parents=[r],
         add_help=False,
-        help="run the same trials with networks of several widths (data and Grams shared)",
+        help="run the same trials with networks at several training settings (data and Grams "
+        "shared)",
+    )
+    sw.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="values of one networks.* training setting (lr, epochs, batch_size, width, depths, "
+        "parameterization); repeat for a grid (config key networks.vary)",
     )
     sw.add_argument(
         "--widths",
-        required=True,
+        default=None,
         type=_int_list,
         metavar="W1,W2,...",
-        help="hidden-layer widths, e.g. 256,1024,4096 (config key networks.widths)",
+        help="hidden-layer widths, e.g. 256,1024,4096: short for --vary networks.width=...",
+    )
+    sw.add_argument(
+        "--keep-t",
+        action="store_true",
+        help="with --vary networks.lr: scale the epochs to keep t = 2·lr·epochs/batch_size",
     )
     rep = sub.add_parser("report", help="re-aggregate an existing run folder")
     rep.add_argument("run_dir")
@@ -95,11 +109,14 @@ def cmd_presets(args) -> int:
 
 def _flags(args) -> dict:
     """The config keys the command's own flags set (None: not given)."""
-    flags = {
-        "formulas": args.formulas,
-        "compute.n_workers": args.workers,
-        "networks.widths": getattr(args, "widths", None),  # ntkflow sweep
-    }
+    flags = {"formulas": args.formulas, "compute.n_workers": args.workers}
+    if args.command == "sweep":
+        if not args.vary and args.widths is None:
+            raise ConfigError([("--vary", "give at least one --vary KEY=V1,V2,... or --widths")])
+        flags["networks.vary"] = parse_vary(args.vary) or None
+        flags["networks.widths"] = args.widths
+        if args.keep_t:
+            flags["networks.keep_t"] = True
     if args.keep_stale:
         flags["compute.keep_stale"] = True
     return flags
@@ -292,6 +309,8 @@ def _print_summary(summary: dict, url: str, seconds: float | None, api: str | No
             t.add_row(m, "0", "-", "-", "-")
     console = Console()
     console.print(t)
+    for v in (summary.get("verdict") or {}).values():  # report.md opens with them too
+        console.print(v["sentence"], markup=False, soft_wrap=True)
     if summary["failed_trials"]:
         console.print(f"[red]failed trials: {summary['failed_trials']}[/red]")
     took = f" in {seconds:.0f} s" if seconds is not None else ""

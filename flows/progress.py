@@ -59,10 +59,7 @@ class Progress:
         if not n.enabled:
             return 0.0
         parts = [1.0 if k in self.kernels_done else 0.0]
-        parts += [
-            self.epochs.get((k, s.name), 0) / n.epochs[n.depths.index(s.depth)]
-            for s in network_specs(self.cfg)
-        ]
+        parts += [self.epochs.get((k, s.name), 0) / s.epochs for s in network_specs(self.cfg)]
         return sum(parts) / len(parts)
 
     def value(self, running=()) -> float:

@@ -66,14 +66,13 @@ def _logged_errors(t: tr.Trial):
 
 
 def _network_task_name(step: str):
-    """Task run name ``trial-007/<step>/NN1`` (``NN1@w1024`` in a width sweep)."""
+    """Task run name ``trial-007/<step>/NN1`` (``NN1@w1024``, ``NN1@lr=0.02`` in a sweep)."""
 
     def name() -> str:
         from prefect.runtime import task_run
 
         p = task_run.parameters
-        spec = network_spec(p["cfg"], p["depth"], p.get("width"))
-        return f"trial-{p['k']:03d}/{step}/{spec.name}"
+        return f"trial-{p['k']:03d}/{step}/{p['network']}"
 
     return name
 
@@ -106,31 +105,25 @@ def trial_task(cfg: Config, out: str, k: int, versions: dict) -> dict:
 
 
 @task(task_run_name=_network_task_name("train"), **RETRY)
-def train_task(
-    cfg: Config, out: str, k: int, depth: int, width: int | None, upstream_error: str | None
-):
+def train_task(cfg: Config, out: str, k: int, network: str, upstream_error: str | None):
     """One network of trial k, on the worker's GPU when it has one (dask-cuda pins cuda:0)."""
     if upstream_error is not None:
         return not_run(upstream_error)
     t = _network_trial(cfg, out, k)
-    spec = network_spec(cfg, depth, width)
-    epochs = cfg.networks.epochs[cfg.networks.depths.index(depth)]
     with _logged_errors(t):
-        progress = epoch_logger(k, spec.name, epochs)
-        item = tr.network_part(t, depth, width, progress, on_wait=get_run_logger().info)
+        progress = epoch_logger(k, network, network_spec(cfg, network).epochs)
+        item = tr.network_part(t, network, progress, on_wait=get_run_logger().info)
     return {"trial": k, "method": item["method"], "rmse": item["rmse"]}
 
 
 @task(task_run_name=_network_task_name("theory"), **RETRY)
-def theory_task(
-    cfg: Config, out: str, k: int, depth: int, width: int | None, upstream_error: str | None
-):
+def theory_task(cfg: Config, out: str, k: int, network: str, upstream_error: str | None):
     """The linearized predictors and their agreement with the trained network (SPEC §6)."""
     if upstream_error is not None:
         return not_run(upstream_error)
     t = _network_trial(cfg, out, k)
     with _logged_errors(t):
-        items = tr.theory_part(t, depth, width, on_wait=get_run_logger().info)
+        items = tr.theory_part(t, network, on_wait=get_run_logger().info)
     return {"trial": k, "methods": {i["method"]: i["rmse"] for i in items}}
 
 

@@ -66,7 +66,7 @@ class TrialSteps:
     def __init__(self, cfg: Config, out: str, versions: dict, resources: dict, progress):
         self.cfg, self.out, self.versions, self.progress = cfg, out, versions, progress
         self.resources, self.store = resources, Store(out)
-        self.specs = network_specs(cfg)  # one network per depth, or per (depth, width)
+        self.specs = network_specs(cfg)  # one network per depth (and grid point of a sweep)
         self.pending: dict = {}  # future -> (trial, step, network spec or None)
         self.theories: dict[int, list] = {}  # trial -> the error (or None) of each theory
         self.ended: queue.Queue = queue.Queue()
@@ -77,9 +77,9 @@ class TrialSteps:
             fut = trial_task.submit(cfg, out, k, self.versions)
         elif step == "train":
             with dask.annotate(**({"resources": self.resources} if self.resources else {})):
-                fut = train_task.submit(cfg, out, k, spec.depth, spec.width, error)
+                fut = train_task.submit(cfg, out, k, spec.name, error)
         elif step == "theory":
-            fut = theory_task.submit(cfg, out, k, spec.depth, spec.width, error)
+            fut = theory_task.submit(cfg, out, k, spec.name, error)
         else:
             fut = finish_task.submit(cfg, out, k, self.versions, error)
         self.pending[fut] = (k, step, spec)

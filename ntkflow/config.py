@@ -27,7 +27,14 @@ from pydantic import (
 )
 
 from ntkflow.kernels import parse_kernel_name
-from ntkflow.names import NETWORK_REF, network_specs, theory_kernel
+from ntkflow.names import (
+    MAX_GRID_POINTS,
+    NETWORK_REF,
+    SWEEP_KEYS,
+    kept_t_epochs,
+    network_depths,
+    network_specs,
+)
 
 PAPER_KERNELS = ["NTKB1", "NTKB2", "NTKJ1", "NTKJ2", "NTKA1", "NTKA2", "GP1", "GP2", "K1"]
 
@@ -95,8 +102,28 @@ class KrrConfig(_Strict):
     ridge: float = Field(0.0, ge=0.0)
 
 
+# the type of each sweepable setting's values (ints strict: YAML ``1.0`` is not a width)
+_SWEEP_TYPES = {
+    "width": int,
+    "lr": float,
+    "epochs": int,
+    "batch_size": int,
+    "parameterization": str,
+    "depths": int,
+}
+
+
+def _sweep_value(key: str, v: Any):
+    want = _SWEEP_TYPES[key]
+    ok = (int, float) if want is float else want
+    if isinstance(v, bool) or not isinstance(v, ok):
+        what = "a number" if want is float else f"of type {want.__name__}"
+        raise ValueError(f"{key}: value {v!r} is not {what}")
+    return float(v) if want is float else v
+
+
 class NetworksConfig(_Strict):
-    """SPEC §5: wide ReLU networks, one per depth; ``epochs[i]`` belongs to ``depths[i]``."""
+    """SPEC §5: wide ReLU networks, one per depth; ``epochs[i]`` belongs to the i-th depth."""
 
     enabled: bool = Field(True, strict=True)
     depths: list[StrictInt] = Field(default_factory=lambda: [1, 2], min_length=1)
@@ -108,36 +135,97 @@ class NetworksConfig(_Strict):
     validation_split: float = Field(0.3, ge=0.0, lt=1.0)
     dtype: Literal["float32", "float64"] = "float32"
     log_every: int = _int(10, ge=1)
-    # Width sweep (`ntkflow sweep --widths`): one network per (depth, width) instead of `width`.
-    widths: list[StrictInt] | None = Field(None, min_length=1)
+    # Sweep (`ntkflow sweep --vary networks.lr=...`): one network per depth and grid point of
+    # these settings (their values replace the ones above; ``depths`` replaces ``depths``).
+    # The key ``widths`` of older configs (`--widths`) is read as ``vary: {width: ...}``.
+    vary: dict[str, list[Any]] = Field(default_factory=dict)
+    # in a learning-rate sweep, scale each network's epochs to keep t = 2ηE/B of lr and epochs
+    keep_t: bool = Field(False, strict=True)
     # SPEC §6 lazy-training diagnostics: fit points of the kernel drift / init error subsample.
     ntk_subsample: int = _int(256, ge=2, le=MAX_N_OBS)
 
-    @field_validator("depths", "epochs", "widths")
+    @model_validator(mode="before")
     @classmethod
-    def _positive(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
-        bad = [x for x in v or [] if x < 1]
+    def _widths(cls, data: Any) -> Any:
+        """``widths: [W, ...]`` (older configs, ``--widths``) is ``vary: {width: [W, ...]}``."""
+        if not isinstance(data, dict) or "widths" not in data:
+            return data
+        data = dict(data)
+        widths = data.pop("widths")
+        if widths is not None:
+            vary = data.get("vary") or {}
+            if not isinstance(vary, dict) or "width" in vary:
+                raise ValueError("widths: give the widths once, as networks.vary.width")
+            data["vary"] = {"width": widths, **vary}
+        return data
+
+    @field_validator("depths", "epochs")
+    @classmethod
+    def _positive(cls, v: list[int], info: ValidationInfo) -> list[int]:
+        bad = [x for x in v if x < 1]
         if bad:
             raise ValueError(f"entries must be >= 1, got {bad}")
-        top = {"depths": MAX_DEPTH, "widths": MAX_WIDTH}.get(info.field_name, MAX_EPOCHS)
-        big = [x for x in v or [] if x > top]
+        top = MAX_DEPTH if info.field_name == "depths" else MAX_EPOCHS
+        big = [x for x in v if x > top]
         if big:
             raise ValueError(f"entries must be <= {top}, got {big}")
         return v
 
-    @field_validator("widths")
+    @field_validator("vary")
     @classmethod
-    def _distinct(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and len(set(v)) != len(v):
-            raise ValueError(f"entries must be distinct, got {v}")
-        return v
+    def _grid(cls, vary: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """Known keys, non-empty lists of distinct values of the setting's type, a bounded
+        number of grid points (each value's range is checked by :meth:`_grid_values`)."""
+        points, out = 1, {}
+        for key, values in vary.items():
+            if key not in SWEEP_KEYS:
+                raise ValueError(f"{key}: unknown key (a sweep varies {', '.join(SWEEP_KEYS)})")
+            if not values:
+                raise ValueError(f"{key}: an empty list of values")
+            out[key] = values = [_sweep_value(key, v) for v in values]
+            if len(set(values)) != len(values):
+                raise ValueError(f"{key}: values must be distinct, got {values}")
+            points *= len(values)
+        if points > MAX_GRID_POINTS:
+            raise ValueError(
+                f"{', '.join(vary)}: {points} grid points, more than {MAX_GRID_POINTS} "
+                "(each is a network trained in every trial)"
+            )
+        return out
+
+    @model_validator(mode="after")
+    def _grid_values(self) -> NetworksConfig:
+        """Every swept value is one this section accepts in place of its base value."""
+        base = self.model_dump(exclude={"vary", "keep_t"})
+        depths = network_depths(self)
+        for key, values in self.vary.items():
+            for v in values:
+                if key == "depths":
+                    i = depths.index(v)
+                    one = {"depths": [v], "epochs": base["epochs"][i : i + 1] or [1]}
+                elif key == "epochs":
+                    one = {"epochs": [v] * len(base["depths"])}
+                else:
+                    one = {key: v}
+                if key == "lr" and self.keep_t:
+                    one["epochs"] = [kept_t_epochs(e, self.lr, v) for e in base["epochs"]]
+                try:
+                    NetworksConfig.model_validate({**base, **one})
+                except ValidationError as e:
+                    msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+                    raise ValueError(f"vary.{key}: value {v!r}: {msg}") from None
+        if self.keep_t and ("lr" not in self.vary or "epochs" in self.vary):
+            raise ValueError(
+                "keep_t: keeping t = 2ηE/B scales the epochs of a learning-rate sweep: "
+                "vary networks.lr, not networks.epochs"
+            )
+        return self
 
     @model_validator(mode="after")
     def _epochs_per_depth(self) -> NetworksConfig:
-        if len(self.epochs) != len(self.depths):
-            raise ValueError(
-                f"epochs: {self.epochs} must give one entry per depth in depths {self.depths}"
-            )
+        depths = network_depths(self)
+        if "epochs" not in self.vary and len(self.epochs) != len(depths):
+            raise ValueError(f"epochs: {self.epochs} must give one entry per depth in {depths}")
         return self
 
 
@@ -196,7 +284,9 @@ class FaultsConfig(_Strict):
     def _network_refs(cls, v: list[str]) -> list[str]:
         bad = [r for r in v if not NETWORK_REF.fullmatch(r)]
         if bad:
-            raise ValueError(f"expected entries like '1/NN1' or '1/NN1@w64', got {bad}")
+            raise ValueError(
+                f"expected entries like '1/NN1', '1/NN1@w64' or '1/NN1@lr=0.02', got {bad}"
+            )
         return v
 
 
@@ -229,9 +319,9 @@ class Config(_Strict):
                 f"data.n_obs: {self.data.n_obs} rows with test_fraction "
                 f"{self.data.test_fraction} leave fewer than 2 training rows"
             )
-        if self.networks.widths is not None and not self.networks.enabled:
+        if self.networks.vary and not self.networks.enabled:
             raise ValueError(
-                f"networks.widths: a width sweep ({self.networks.widths}) trains networks, "
+                f"networks.vary: a sweep ({', '.join(self.networks.vary)}) trains networks, "
                 "but networks.enabled is false"
             )
         bad = [k for k in self.faults.fail_trials if not 0 <= k < self.trials]
@@ -259,7 +349,7 @@ class Config(_Strict):
     def methods(self) -> list[str]:
         specs = network_specs(self)
         nets = [s.name for s in specs]
-        theory = [m for s in specs for m in s.theory_methods(self.networks.parameterization)]
+        theory = [m for s in specs for m in s.theory_methods()]
         return nets + theory + list(self.kernels)
 
     @property
@@ -271,7 +361,7 @@ class Config(_Strict):
         extra = []
         if self.formulas == "exact":
             for s in network_specs(self):
-                name = theory_kernel(self.networks.parameterization, s.depth)
+                name = s.kernel
                 if name and name not in self.kernels and name not in extra:
                     extra.append(name)
         return list(self.kernels) + extra

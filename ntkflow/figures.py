@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ntkflow.config import Config
-from ntkflow.names import network_specs
+from ntkflow.names import network_specs, parse_method
 from ntkflow.store import Store
 
 
@@ -32,14 +32,13 @@ def boxplot_png(df: pd.DataFrame, methods: list[str], formulas: str) -> bytes:
 
 def write_theory_figures(cfg: Config, df: pd.DataFrame, summary: dict, store: Store) -> None:
     """theory.png: per-trial NN RMSE against LIN RMSE, one panel per depth (the widest network
-    of a sweep); sweep.png: the gap to each LIN predictor against width, log-log."""
+    of a sweep); sweep.png: the gap to each LIN predictor against each varied setting."""
     if not summary.get("theory"):
         return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
     ok = df[df.status == "ok"]
     widest = {}
@@ -51,11 +50,11 @@ def write_theory_figures(cfg: Config, df: pd.DataFrame, summary: dict, store: St
     for ax, s in zip(axes, widest.values(), strict=True):
         nn = ok[ok.method == s.name].set_index("trial")["rmse"]
         lo, hi = np.inf, -np.inf
-        for m in s.theory_methods(cfg.networks.parameterization):
+        for m in s.theory_methods():
             lin = ok[ok.method == m].set_index("trial")["rmse"]
             both = lin.index.intersection(nn.index)
             if len(both):
-                ax.scatter(nn[both], lin[both], s=18, label=m.split("@")[0], alpha=0.8)
+                ax.scatter(nn[both], lin[both], s=18, label=parse_method(m).base, alpha=0.8)
                 lo = min(lo, nn[both].min(), lin[both].min())
                 hi = max(hi, nn[both].max(), lin[both].max())
         if np.isfinite(lo):
@@ -63,29 +62,48 @@ def write_theory_figures(cfg: Config, df: pd.DataFrame, summary: dict, store: St
             ax.legend(fontsize=7)
         ax.set_xlabel(f"{s.name} test RMSE")
         ax.set_ylabel("linearized test RMSE")
-        ax.set_title(f"depth {s.depth}, width {s.width}")
+        ax.set_title(f"{s.name} (depth {s.depth}, width {s.width})", fontsize=9)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     store.write_bytes("theory.png", _png(fig))
-    sweep = summary.get("sweep")
-    if sweep:
-        fig, axes = plt.subplots(1, len(sweep), figsize=(4.8 * len(sweep), 4.2), dpi=110)
-        for ax, (net, preds) in zip(np.atleast_1d(axes), sweep.items(), strict=True):
-            for base, r in preds.items():
-                w, g = np.asarray(r["widths"], float), np.asarray(r["gap_mean"], float)
-                label = f"{base}: slope {r.get('slope', r['slope_of_means']):+.2f}"
-                ax.errorbar(w, g, yerr=r["gap_se"], marker="o", capsize=3, label=label)
+    if summary.get("sweep"):
+        store.write_bytes("sweep.png", sweep_png(summary["sweep"]))
+
+
+def sweep_png(sweep: dict) -> bytes:
+    """One panel per varied setting: the gap NN ↔ each LIN predictor against its values (mean
+    ± SE over trials), one line per network and predictor; log axes for scales."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, axes = plt.subplots(1, len(sweep), figsize=(5.2 * len(sweep), 4.4), dpi=110)
+    for ax, (key, panel) in zip(np.atleast_1d(axes), sweep.items(), strict=True):
+        numeric = True
+        for label, line in panel["lines"].items():
+            values = line["values"]
+            numeric = all(isinstance(v, (int, float)) for v in values)
+            x = np.asarray(values, float) if numeric else np.arange(len(values))
+            for base, gaps in line["gap"].items():
+                g = [e.get("mean", np.nan) for e in gaps]
+                se = [e.get("se", np.nan) for e in gaps]
+                ax.errorbar(x, g, yerr=se, marker="o", capsize=3, label=f"{label}: {base}")
+            if not numeric:
+                ax.set_xticks(x, [str(v) for v in values])
+        if panel["scale"] and numeric:
             ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xticks(r["widths"], [str(w) for w in r["widths"]])
+            ax.set_xticks(values, [f"{v:g}" for v in values])
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.set_xlabel("width")
-            ax.set_ylabel(f"RMSE({net}, LIN) on test")
-            ax.set_title(f"{net}: gap to the linearized network")
-            ax.legend(fontsize=7)
-            ax.grid(alpha=0.3, which="both")
-        fig.tight_layout()
-        store.write_bytes("sweep.png", _png(fig))
+        ax.set_yscale("log")
+        ax.set_xlabel(f"networks.{key}")
+        ax.set_ylabel("RMSE(NN, LIN) on test")
+        ax.set_title(f"gap to the linearized network against {key}")
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return _png(fig)
 
 
 def _png(fig) -> bytes:

@@ -22,6 +22,7 @@ def markdown(summary: dict, cfg: Config) -> str:
         f"Formulas: **{cfg.formulas}**; trials: {cfg.trials}; n_obs: {cfg.data.n_obs}; "
         f"ground truth: {cfg.data.kernel}; seed: {cfg.seed}.",
         "",
+        *verdict_markdown(summary),
         "## Test RMSE per method",
         "",
         _md_table(t[cols]),
@@ -87,6 +88,45 @@ def _fmt(v, col: str) -> str:
     return str(int(v)) if col == "n" else f"{v:.4f}"
 
 
+# ---- the verdict (ntkflow.verdict) ------------------------------------------------------------
+def _ci(d: dict, digits: int = 4, scale: float = 1.0, pct: bool = False) -> str:
+    if not d or d.get("n", 0) < 2:
+        return "–"
+    f = (lambda v: f"{100 * v * scale:+.1f}%") if pct else (lambda v: f"{v * scale:+.{digits}f}")
+    return f"{f(d['mean_diff'])} [{f(d['ci_low'])}, {f(d['ci_high'])}]"
+
+
+def verdict_markdown(summary: dict) -> list[str]:
+    verdict = summary.get("verdict")
+    if not verdict:
+        return []
+    lines = [
+        "## Verdict: does the network behave like its NTK?",
+        "",
+        *[f"- {e['sentence']}" for e in verdict.values()],
+        "",
+        "Paper's comparison: test RMSE of the network − kernel regression with the analytic "
+        "NTK (t → ∞, no f₀). Matched comparison: RMSE between the network's test predictions "
+        "and its linearized SGD replay LIN-sgd (same f₀ and steps). Means over trials with "
+        "paired 95% t intervals; relative = divided by the network's mean test RMSE.",
+        "",
+        "| network | n | NN − kernel regression RMSE | relative | NN ↔ LIN-sgd gap | "
+        "relative | supports |",
+        "|---|---:|---|---|---|---|---|",
+    ]
+    for name, e in verdict.items():
+        m = e.get("matched") or {}
+        paper = e.get("paper") or {None: {}}
+        for k, d in paper.items():
+            rel = {key.removeprefix("rel_"): v for key, v in d.items() if key.startswith("rel_")}
+            lines.append(
+                f"| {name} | {d.get('n', 0)} | {f'{k}: ' if k else ''}{_ci(d)} | "
+                f"{_ci({**rel, 'n': d.get('n', 0)}, pct=True)} | {_ci(m.get('gap', {}))} | "
+                f"{_ci(m.get('rel_gap', {}), pct=True)} | {e['supports']} |"
+            )
+    return [*lines, ""]
+
+
 # ---- linearized theory (SPEC §6) ----------------------------------------------------------------
 def _pm(e: dict, digits: int = 4) -> str:
     if not e.get("n"):
@@ -104,11 +144,13 @@ def theory_markdown(summary: dict) -> list[str]:
             "Linearized theory (SPEC §6) at the network's own t = 2ηE/B with its own f₀: LIN "
             "(gradient flow, analytic NTK of its family), -emp (empirical NTK at "
             "initialisation), -inf (t → ∞, analytic), -sgd (the network's own SGD steps on the "
-            "linear model, empirical NTK). gap = RMSE between the network's and the "
+            "linear model, empirical NTK), -after (gradient flow with the empirical NTK of the "
+            "trained network). gap = RMSE between the network's and the "
             "predictor's test predictions (mean ± SE over trials where both exist); "
             "rel. gap = gap / network test RMSE. vs reference: RMSE between the predictor and "
             "the one it differs from in one respect — -emp vs LIN: finite-width kernel error; "
-            "-sgd vs -emp: SGD steps vs gradient flow; -inf vs LIN: t → ∞.",
+            "-sgd vs -emp: SGD steps vs gradient flow; -inf vs LIN: t → ∞; -after vs -emp: "
+            "the kernel's change during training.",
             "",
             "| network | t | predictor | n | LIN RMSE | NN RMSE − LIN RMSE [95% CI] | gap | "
             "rel. gap | vs reference |",
@@ -135,10 +177,14 @@ def theory_markdown(summary: dict) -> list[str]:
             lines.append(
                 f"- {name} (width {e['width']}): kernel drift ‖Θ̂_T − Θ̂₀‖/‖Θ̂₀‖ "
                 f"{_pm(dg.get('ntk_drift', {}))}; init error ‖Θ̂₀ − Θ‖/‖Θ‖ "
-                f"{_pm(dg.get('ntk_init_error', {}))}; ‖θ_T − θ₀‖/‖θ₀‖ per layer: {layers or '–'}"
+                f"{_pm(dg.get('ntk_init_error', {}))}; final error ‖Θ̂_T − Θ‖/‖Θ‖ "
+                f"{_pm(dg.get('ntk_final_error', {}))}; ‖θ_T − θ₀‖/‖θ₀‖ per layer: "
+                f"{layers or '–'}"
             )
+        lines += after_markdown(theory)
         lines += ["", "![NN vs LIN](theory.png)", ""]
-    sweep = summary.get("sweep")
+    lines += sweep_markdown(summary.get("sweep"))
+    sweep = summary.get("width_slopes")
     if sweep:
         lines += [
             "## Gap to the linearized network against width",
@@ -163,7 +209,7 @@ def theory_markdown(summary: dict) -> list[str]:
                     f"| {net} | {base} | {', '.join(map(str, r['widths']))} | {gaps} | {slope} | "
                     f"{r['slope_of_means']:+.3f} | {refs} |"
                 )
-        lines += ["", "![gap vs width](sweep.png)", ""]
+        lines.append("")
     missing = summary.get("missing")
     if missing:
         lines += ["## Trials each method lacks (besides failed trials)", ""]
@@ -175,3 +221,69 @@ def theory_markdown(summary: dict) -> list[str]:
             lines.append(f"- {m}: {why}")
         lines.append("")
     return lines
+
+
+def _answer(d: dict | None) -> str:
+    """Whether a paired difference (a − b) is negative, from its 95% interval."""
+    if not d or d.get("n", 0) < 2:
+        return "n < 2"
+    if d["ci_high"] < 0:
+        return "yes"
+    return "no" if d["ci_low"] > 0 else "no detectable difference"
+
+
+def after_markdown(theory: dict) -> list[str]:
+    """Per network: is the final kernel closer to the analytic one than the initial, and is
+    the network closer to LIN-after than to LIN-emp (paired over trials)?"""
+    rows = [(n, e["after"]) for n, e in theory.items() if e.get("after")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "After-kernel (paired over trials, 95% CI): is the trained network's kernel closer to "
+        "the analytic NTK than its initial kernel, and does it explain the network better?",
+        "",
+        "| network | width | final − init error | final closer? | gap LIN-after − gap LIN-emp "
+        "| LIN-after closer? |",
+        "|---|---:|---|---|---|---|",
+    ]
+    for name, a in rows:
+        fe, ga = a.get("final_minus_init_error"), a.get("after_minus_emp_gap")
+        lines.append(
+            f"| {name} | {theory[name]['width']} | {_ci(fe)} | {_answer(fe)} | {_ci(ga)} | "
+            f"{_answer(ga)} |"
+        )
+    return lines
+
+
+def sweep_markdown(sweep: dict | None) -> list[str]:
+    """Per varied setting: the gap to each LIN predictor, drift and final error per value."""
+    if not sweep:
+        return []
+    lines = [
+        "## Gap to the linearized network against each varied setting",
+        "",
+        "Mean ± SE over trials of the RMSE between the network's and each predictor's test "
+        "predictions, with the network's t, kernel drift and final kernel error.",
+        "",
+    ]
+    for key, panel in sweep.items():
+        lines += [f"### networks.{key}", ""]
+        for label, line in panel["lines"].items():
+            preds = list(line["gap"])
+            lines += [
+                f"| {label}: {key} | t | drift | final error | " + " | ".join(preds) + " |",
+                "|---|---:|---:|---:|" + "---:|" * len(preds),
+            ]
+            dg = line["diagnostics"]
+            for i, v in enumerate(line["values"]):
+                t = dg["linearized_time"][i]
+                cells = [
+                    f"{t['mean']:.3g}" if t.get("n") else "–",
+                    _pm(dg["ntk_drift"][i]),
+                    _pm(dg["ntk_final_error"][i]),
+                    *(_pm(line["gap"][p][i]) for p in preds),
+                ]
+                lines.append(f"| {v} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return [*lines, "![gap vs each varied setting](sweep.png)", ""]

@@ -3,8 +3,11 @@
 Methods (rows of results.parquet, keys of ``result.json``'s ``methods``):
 
     <KERNEL>                   kernel regression with an analytic kernel (``NTKB2``, ``K1``)
-    NN<L>[@w<W>]               the trained network with L hidden layers (of width W in a sweep)
-    LIN<L>[<variant>][@w<W>]   its linearized predictor (SPEC §6), variant "", -emp, -inf, -sgd
+    NN<L>[<TAG>]               the trained network with L hidden layers
+    LIN<L>[<variant>][<TAG>]   its linearized predictor (SPEC §6): "", -emp, -inf, -sgd, -after
+
+TAG names a sweep's grid point: ``@w<W>`` when only the width is varied (``NN1@w64``), else
+``@key=value,...`` in :data:`SWEEP_KEYS` order (``NN1@lr=0.02``, ``LIN1-sgd@width=1024,lr=0.02``).
 
 Seed streams: everything random in trial k derives from ``SeedSequence(seed, spawn_key=(k,))``
 (:func:`ntkflow.data.trial_seed`), whose children are fixed streams:
@@ -20,6 +23,7 @@ The data and network modules draw from these streams; this module only names and
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -31,10 +35,11 @@ if TYPE_CHECKING:  # the config imports this module
 # ---- parameterizations and their analytic kernels ------------------------------------------
 FAMILY_OF = {"ntkj": "NTKJ", "ntkb": "NTKB", "standard": None}  # network → analytic NTK family
 
-THEORY_VARIANTS = ("", "-emp", "-inf", "-sgd")  # LIN<L>, LIN<L>-emp, LIN<L>-inf, LIN<L>-sgd
+# LIN<L>, LIN<L>-emp, -inf, -sgd, -after (the empirical NTK of the trained network)
+THEORY_VARIANTS = ("", "-emp", "-inf", "-sgd", "-after")
 ANALYTIC_VARIANTS = ("", "-inf")  # need the analytic NTK of the network's family
 # each variant is compared with the predictor it differs from in one respect (SPEC §6)
-REFERENCE_OF = {"-emp": "", "-sgd": "-emp", "-inf": ""}
+REFERENCE_OF = {"-emp": "", "-sgd": "-emp", "-inf": "", "-after": "-emp"}
 
 
 def theory_kernel(parameterization: str, depth: int) -> str | None:
@@ -43,9 +48,53 @@ def theory_kernel(parameterization: str, depth: int) -> str | None:
     return f"{family}{depth}" if family else None
 
 
+# ---- sweeps: the grid of training settings (``networks.vary``) -----------------------------
+# settings a sweep can vary, in the order a tag names them (the depth is in NN<L> itself)
+SWEEP_KEYS = ("width", "lr", "epochs", "batch_size", "parameterization", "depths")
+SCALE_KEYS = ("width", "lr", "epochs", "batch_size")  # plotted on log axes
+MAX_GRID_POINTS = 64  # settings per depth; each is a trained network per trial
+
+
+def format_value(v) -> str:
+    """A setting as a tag shows it: shortest round-trip for floats (0.02, 1e-05)."""
+    return repr(float(v)) if isinstance(v, float) else str(v)
+
+
+def parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def sweep_tag(point: dict) -> str:
+    """The method-name tag of one grid point: "" (nothing varied but depth), ``@w64`` (width
+    alone: the name width sweeps always had), else ``@width=1024,lr=0.02`` in SWEEP_KEYS order."""
+    keys = [k for k in SWEEP_KEYS if k in point and k != "depths"]
+    if keys == ["width"]:
+        return f"@w{point['width']}"
+    return "@" + ",".join(f"{k}={format_value(point[k])}" for k in keys) if keys else ""
+
+
+_PAIR = r"[a-z_]+=[^,=@/\s]+"
+_TAG = rf"@(?:w\d+|{_PAIR}(?:,{_PAIR})*)"
+
+
+def parse_tag(tag: str) -> dict:
+    """``@w64`` → {"width": 64}; ``@width=1024,lr=0.02`` → {"width": 1024, "lr": 0.02}."""
+    if not tag:
+        return {}
+    if re.fullmatch(r"@w\d+", tag):
+        return {"width": int(tag[2:])}
+    return {k: parse_value(v) for k, v in (p.split("=") for p in tag[1:].split(","))}
+
+
 # ---- method names ---------------------------------------------------------------------------
-_METHOD = re.compile(r"(NN|LIN)(\d+)(-emp|-inf|-sgd)?(?:@w(\d+))?")
-NETWORK_REF = re.compile(r"(\d+)/(NN\d+(?:@w\d+)?)")  # "K/NAME": one network of one trial
+_VARIANT = "|".join(re.escape(v) for v in THEORY_VARIANTS if v)
+_METHOD = re.compile(rf"(NN|LIN)(\d+)({_VARIANT})?({_TAG})?")
+NETWORK_REF = re.compile(rf"(\d+)/(NN\d+(?:{_TAG})?)")  # "K/NAME": one network of one trial
 
 
 class Method(NamedTuple):
@@ -55,7 +104,7 @@ class Method(NamedTuple):
     kind: str
     depth: int | None = None
     variant: str = ""
-    width: int | None = None  # only in a sweep (the "@w<W>" tag)
+    tag: str = ""  # "" or a sweep's grid point ("@w64", "@width=1024,lr=0.02")
 
     @property
     def base(self) -> str:
@@ -63,11 +112,15 @@ class Method(NamedTuple):
         return self.name.split("@")[0]
 
     @property
+    def settings(self) -> dict:
+        return parse_tag(self.tag)
+
+    @property
     def network(self) -> str | None:
         """The network this method belongs to (``LIN2-emp@w8`` → ``NN2@w8``)."""
         if self.kind == "kernel":
             return None
-        return f"NN{self.depth}{width_tag(self.width)}"
+        return f"NN{self.depth}{self.tag}"
 
 
 def parse_method(name: str) -> Method:
@@ -76,19 +129,23 @@ def parse_method(name: str) -> Method:
     if m is None:
         return Method(name, "kernel")
     kind = "network" if m[1] == "NN" else "linearized"
-    return Method(name, kind, int(m[2]), m[3] or "", int(m[4]) if m[4] else None)
-
-
-def width_tag(width: int | None) -> str:
-    return f"@w{width}" if width is not None else ""
+    return Method(name, kind, int(m[2]), m[3] or "", m[4] or "")
 
 
 def same_depth(a: str, b: str) -> bool:
     """Whether a paired comparison of methods ``a`` and ``b`` is of one depth and involves a
-    network (``NN1`` vs ``NTKB1``)."""
+    network (``NN1`` vs ``NTKB1``), of one grid point in a sweep (a kernel has none)."""
     pa, pb = parse_method(a), parse_method(b)
     depth = {pa.depth or _kernel_depth(a), pb.depth or _kernel_depth(b)}
-    return len(depth) == 1 and None not in depth and "network" in (pa.kind, pb.kind)
+    both = len(depth) == 1 and None not in depth and "network" in (pa.kind, pb.kind)
+    return both and same_point(a, b)
+
+
+def same_point(a: str, b: str) -> bool:
+    """Whether methods ``a`` and ``b`` belong to one grid point of a sweep (a kernel belongs to
+    every point): the pairs worth a paired comparison (a 64-point grid has ~300 methods)."""
+    pa, pb = parse_method(a), parse_method(b)
+    return pa.tag == pb.tag or "kernel" in (pa.kind, pb.kind)
 
 
 def _kernel_depth(name: str) -> int | None:
@@ -97,42 +154,84 @@ def _kernel_depth(name: str) -> int | None:
 
 
 class NetSpec(NamedTuple):
-    """One network of a trial: depth, width, and the method-name tag ("" or "@w<width>")."""
+    """One network of a trial: its depth and training settings, and the method-name tag of its
+    grid point ("" outside a sweep)."""
 
     depth: int
     width: int
-    tag: str
+    lr: float
+    epochs: int
+    batch_size: int
+    parameterization: str
+    tag: str = ""
 
     @property
     def name(self) -> str:
         return f"NN{self.depth}{self.tag}"
 
+    @property
+    def t(self) -> float:
+        """The linearized time of its training, t = 2ηE/B (SPEC §6)."""
+        return 2 * self.lr * self.epochs / self.batch_size
+
+    @property
+    def kernel(self) -> str | None:
+        """The analytic NTK of its family and depth (none for "standard")."""
+        return theory_kernel(self.parameterization, self.depth)
+
+    def setting(self, key: str):
+        return self.depth if key == "depths" else getattr(self, key)
+
     def theory_method(self, variant: str) -> str:
         return f"LIN{self.depth}{variant}{self.tag}"
 
-    def theory_methods(self, parameterization: str) -> list[str]:
-        analytic = FAMILY_OF[parameterization] is not None
+    def theory_methods(self) -> list[str]:
+        analytic = self.kernel is not None
         return [
             self.theory_method(v) for v in THEORY_VARIANTS if analytic or v not in ANALYTIC_VARIANTS
         ]
 
 
+def network_depths(n) -> list[int]:
+    """The depths of a run's networks: ``networks.vary.depths`` in a depth sweep, else
+    ``networks.depths`` (``networks.epochs`` gives one entry per depth of this list)."""
+    return list(n.vary.get("depths", n.depths))
+
+
 def network_specs(cfg: Config) -> list[NetSpec]:
-    """The trial's networks: one per depth, or per (depth, width) in a sweep (tagged @w<W>)."""
+    """The trial's networks: per depth, one per grid point of ``networks.vary`` (one in all
+    outside a sweep). With ``networks.keep_t`` the epochs of each learning rate keep the base
+    t = 2ηE/B (rounded to whole epochs; the record has the t trained to)."""
     n = cfg.networks
     if not n.enabled:
         return []
-    if n.widths is None:
-        return [NetSpec(L, n.width, "") for L in n.depths]
-    return [NetSpec(L, w, width_tag(w)) for L in n.depths for w in n.widths]
+    depths = network_depths(n)
+    axes = {k: v for k, v in n.vary.items() if k != "depths"}
+    specs = []
+    for depth in depths:
+        base_epochs = n.epochs[depths.index(depth)] if len(n.epochs) == len(depths) else None
+        for values in itertools.product(*axes.values()):
+            point = dict(zip(axes, values, strict=True))
+            s = {"width": n.width, "lr": n.lr, "batch_size": n.batch_size, "epochs": base_epochs}
+            s |= {"parameterization": n.parameterization, **point}
+            if n.keep_t and "lr" in point:
+                s["epochs"] = kept_t_epochs(base_epochs, n.lr, point["lr"])
+            tag = sweep_tag(point | ({"depths": depth} if "depths" in n.vary else {}))
+            specs.append(NetSpec(depth=depth, tag=tag, **s))
+    return specs
 
 
-def network_spec(cfg: Config, depth: int, width: int | None = None) -> NetSpec:
-    """The spec of the depth-``depth`` network (of ``width`` in a sweep)."""
+def kept_t_epochs(epochs: int, lr: float, new_lr: float) -> int:
+    """The epochs that keep t = 2ηE/B of (``lr``, ``epochs``) at ``new_lr``, to whole epochs."""
+    return max(1, round(epochs * lr / new_lr))
+
+
+def network_spec(cfg: Config, name: str) -> NetSpec:
+    """The spec of the network named ``name`` (``NN1``, ``NN1@w64``, ``NN2@lr=0.02``)."""
     for s in network_specs(cfg):
-        if s.depth == depth and (width is None or s.width == width):
+        if s.name == name:
             return s
-    raise ValueError(f"no network of depth {depth} and width {width} in this configuration")
+    raise ValueError(f"no network {name!r} in this configuration")
 
 
 # ---- seed streams ---------------------------------------------------------------------------
@@ -140,7 +239,8 @@ def net_seed(cfg: Config, k: int, depth: int) -> np.random.SeedSequence:
     """Initialisation and batch order of trial k's depth-L network (independent per depth)."""
     from ntkflow.data import STREAM_NETS, stream
 
-    return stream(cfg.seed, k, STREAM_NETS).spawn(max(cfg.networks.depths) + 1)[depth]
+    # child ``depth`` of the stream does not depend on how many are spawned
+    return stream(cfg.seed, k, STREAM_NETS).spawn(depth + 1)[depth]
 
 
 def ntk_subsample_seed(cfg: Config, k: int) -> np.random.SeedSequence:

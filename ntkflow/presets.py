@@ -66,6 +66,26 @@ def parse_set(item: str) -> dict[str, Any]:
     return _nest(key, value)
 
 
+def parse_vary(items: list[str] | tuple[str, ...]) -> dict[str, list[Any]]:
+    """``--vary networks.lr=0.005,0.02`` (repeatable) → ``{"lr": [0.005, 0.02]}``, each value
+    parsed as YAML; which keys and values a sweep accepts is the config's to say."""
+    out: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key.startswith("networks.") or key.count(".") != 1:
+            why = "expected networks.KEY=V1,V2,... (a sweep varies networks.* settings)"
+            raise ConfigError([(f"--vary {key or item}", why)])
+        name = key.removeprefix("networks.")
+        if name in out:
+            raise ConfigError([(f"--vary {key}", "given twice; list its values once")])
+        try:
+            out[name] = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
+        except yaml.YAMLError as e:
+            raise ConfigError([(f"--vary {key}", f"values {raw!r} are not valid YAML")]) from e
+    return out
+
+
 def load_config(
     preset: str | None = None,
     config_file: str | Path | None = None,

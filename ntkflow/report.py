@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ntkflow import figures, keys, markdown, stats
+from ntkflow import figures, keys, markdown, stats, verdict
 from ntkflow.config import Config
 from ntkflow.names import network_specs
 from ntkflow.store import Store
@@ -162,13 +162,16 @@ def aggregate(cfg: Config, store: Store, run_info: dict | None = None, deep=Fals
 
 
 def theory_sections(cfg: Config, df: pd.DataFrame, failed_trials: list[int]) -> dict:
-    """summary.json's ``theory`` (per network), ``sweep`` (slopes against width) and ``missing``
-    (the trials each method lacks besides the failed trials) sections."""
+    """summary.json's ``verdict`` and ``theory`` (per network), ``sweep`` (per varied setting:
+    the gaps against it), ``width_slopes`` (against width, log-log) and ``missing`` (the trials
+    each method lacks besides the failed trials) sections."""
     specs = network_specs(cfg)
     out: dict = {"missing": stats.missing_trials(df, cfg.methods, failed_trials)}
     if specs and len(df):
-        p = cfg.networks.parameterization
-        out["theory"] = stats.theory_summary(df, specs, p)
-        if cfg.networks.widths and len(cfg.networks.widths) > 1:
-            out["sweep"] = stats.width_slopes(df, specs, p)
+        vary = cfg.networks.vary
+        out["verdict"] = verdict.verdict(df, specs, cfg.methods)
+        out["theory"] = stats.theory_summary(df, specs)
+        out["sweep"] = stats.sweep_panels(df, specs, vary)
+        if len(vary.get("width", [])) > 1:
+            out["width_slopes"] = stats.width_slopes(df, specs, list(vary))
     return out

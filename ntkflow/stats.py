@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
+from ntkflow.names import SCALE_KEYS, THEORY_VARIANTS, parse_method, same_point, sweep_tag
+
 
 def method_stats(rmse: np.ndarray) -> dict[str, float]:
     r = np.asarray(rmse, dtype=float)
@@ -44,7 +46,8 @@ def paired_difference(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> dict
 
 
 def summarize(df: pd.DataFrame, methods: list[str]) -> dict:
-    """``df``: tidy rows (trial, method, rmse, status). Failed trials are counted, not averaged."""
+    """``df``: tidy rows (trial, method, rmse, status). Failed trials are counted, not averaged.
+    Paired differences: every pair of methods of one sweep grid point (kernels in all)."""
     ok = df[df.status == "ok"]
     wide = ok.pivot_table(index="trial", columns="method", values="rmse")
     per_method = {m: method_stats(ok.loc[ok.method == m, "rmse"].to_numpy()) for m in methods}
@@ -61,6 +64,8 @@ def summarize(df: pd.DataFrame, methods: list[str]) -> dict:
                 change[fam] = 100.0 * (m2["mean_rmse"] - m1["mean_rmse"]) / m1["mean_rmse"]
     paired = []
     for a, b in itertools.combinations([m for m in methods if m in wide], 2):
+        if not same_point(a, b):
+            continue
         both = wide[[a, b]].dropna()
         if len(both):
             paired.append({"a": a, "b": b, **paired_difference(both[a], both[b])})
@@ -68,7 +73,7 @@ def summarize(df: pd.DataFrame, methods: list[str]) -> dict:
 
 
 # ---- linearized theory (SPEC §6) ----------------------------------------------------------------
-THEORY_DIAGNOSTICS = ("ntk_drift", "ntk_init_error")
+THEORY_DIAGNOSTICS = ("ntk_drift", "ntk_init_error", "ntk_final_error")
 
 
 def _mean_se(values) -> dict[str, float]:
@@ -97,7 +102,7 @@ def missing_trials(
     return out
 
 
-def theory_summary(df: pd.DataFrame, specs, parameterization: str) -> dict:
+def theory_summary(df: pd.DataFrame, specs) -> dict:
     """Per network: how far each linearized predictor is from it (SPEC §6).
 
     For each LIN method, over the trials where both it and the network succeeded: the RMSE
@@ -110,8 +115,9 @@ def theory_summary(df: pd.DataFrame, specs, parameterization: str) -> dict:
     for spec in specs:
         nn = ok[ok.method == spec.name].set_index("trial")
         entry = {
+            **{k: spec.setting(k) for k in ("width", "lr", "epochs", "batch_size")},
+            "parameterization": spec.parameterization,
             "depth": spec.depth,
-            "width": spec.width,
             "t": float(nn["linearized_time"].iloc[0])
             if "linearized_time" in nn and len(nn)
             else None,
@@ -119,7 +125,7 @@ def theory_summary(df: pd.DataFrame, specs, parameterization: str) -> dict:
             "predictors": {},
             "diagnostics": {},
         }
-        for m in spec.theory_methods(parameterization):
+        for m in spec.theory_methods():
             lin = ok[ok.method == m].set_index("trial")
             both = lin.index.intersection(nn.index)
             gap = lin.loc[both, "rmse_vs_network"] if "rmse_vs_network" in lin else []
@@ -141,12 +147,71 @@ def theory_summary(df: pd.DataFrame, specs, parameterization: str) -> dict:
             c for c in nn.columns if c.startswith("param_rel_change_l") and nn[c].notna().any()
         )
         entry["diagnostics"]["param_rel_change"] = [_mean_se(nn[c]) for c in layers]
+        entry["after"] = after_kernel(nn, ok, spec)
         out[spec.name] = entry
     return out
 
 
-def width_slopes(df: pd.DataFrame, specs, parameterization: str, level: float = 0.95) -> dict:
-    """Log-log slope of each LIN predictor's gap to its network against width, per depth.
+def series(specs, key: str, varied) -> dict[str, list]:
+    """The specs of a sweep as lines against the setting ``key``: one per depth (all depths on
+    one line when ``key`` is the depth) and combination of the other varied settings, labelled
+    like a network (``NN1``, ``NN1@lr=0.02``; ``NN`` for lines against depth)."""
+    out: dict[str, list] = {}
+    for s in specs:
+        others = {k: s.setting(k) for k in varied if k not in (key, "depths")}
+        label = ("NN" if key == "depths" else f"NN{s.depth}") + sweep_tag(others)
+        out.setdefault(label, []).append(s)
+    return out
+
+
+def sweep_panels(df: pd.DataFrame, specs, vary: dict) -> dict:
+    """Per varied setting with at least two values, per line (:func:`series`): the values, and
+    per value the mean and SE over trials of the gap NN ↔ each LIN predictor (``LIN``,
+    ``LIN-emp``, ...) and of the network's kernel diagnostics and t."""
+    ok = df[df.status == "ok"]
+    out = {}
+    for key in (k for k, values in vary.items() if len(values) > 1):
+        panel = {}
+        for label, group in series(specs, key, list(vary)).items():
+            line = {"values": [s.setting(key) for s in group], "gap": {}, "diagnostics": {}}
+            for v in THEORY_VARIANTS:
+                gaps = []
+                for s in group:
+                    lin = ok[ok.method == s.theory_method(v)]
+                    gaps.append(_mean_se(lin.get("rmse_vs_network", [])))
+                if any(g["n"] for g in gaps):
+                    line["gap"][f"LIN{v}"] = gaps
+            nets = [ok[ok.method == s.name] for s in group]
+            for d in ("linearized_time", *THEORY_DIAGNOSTICS):
+                line["diagnostics"][d] = [_mean_se(nn.get(d, [])) for nn in nets]
+            panel[label] = line
+        out[key] = {"scale": key in SCALE_KEYS, "lines": panel}
+    return out
+
+
+def after_kernel(nn: pd.DataFrame, ok: pd.DataFrame, spec) -> dict:
+    """Does training move the kernel toward its limit, and does the final kernel explain the
+    network better? Paired over trials (95% t intervals): final − init error of the network's
+    empirical NTK against the analytic one, and gap NN ↔ LIN-after − gap NN ↔ LIN-emp."""
+    out = {}
+    if {"ntk_final_error", "ntk_init_error"} <= set(nn):
+        e = nn[["ntk_final_error", "ntk_init_error"]].apply(pd.to_numeric, errors="coerce")
+        e = e.dropna()
+        out["final_minus_init_error"] = paired_difference(e.ntk_final_error, e.ntk_init_error)
+    gaps = {}
+    for v in ("-after", "-emp"):
+        lin = ok[ok.method == spec.theory_method(v)].set_index("trial")
+        if "rmse_vs_network" in lin:
+            gaps[v] = pd.to_numeric(lin["rmse_vs_network"], errors="coerce")
+    if len(gaps) == 2:
+        both = pd.DataFrame(gaps).dropna()
+        out["after_minus_emp_gap"] = paired_difference(both["-after"], both["-emp"])
+    return out
+
+
+def width_slopes(df: pd.DataFrame, specs, varied=("width",), level: float = 0.95) -> dict:
+    """Log-log slope of each LIN predictor's gap to its network against width, per depth (and
+    combination of the other varied settings: see :func:`series`).
 
     Per trial present at every width, the least-squares slope of log gap on log width; the
     estimate is their mean with a t interval over trials (paired by trial, so the spread of the
@@ -154,17 +219,14 @@ def width_slopes(df: pd.DataFrame, specs, parameterization: str, level: float = 
     width the mean gap and the NN − LIN test-RMSE difference relative to the LIN RMSE.
     """
     ok = df[df.status == "ok"]
-    by_depth: dict[int, list] = {}
-    for s in specs:
-        by_depth.setdefault(s.depth, []).append(s)
     out = {}
-    for depth, group in by_depth.items():
+    for label, group in series(specs, "width", varied).items():
         if len(group) < 2:
             continue
         widths = [s.width for s in group]
         logw = np.log(widths)
         res = {}
-        for base in (m.split("@")[0] for m in group[0].theory_methods(parameterization)):
+        for base in (parse_method(m).base for m in group[0].theory_methods()):
             gaps, rel_rmse, ref = {}, [], []
             for s in group:
                 lin = ok[ok.method == f"{base}{s.tag}"].set_index("trial")
@@ -203,5 +265,5 @@ def width_slopes(df: pd.DataFrame, specs, parameterization: str, level: float = 
                 )
                 entry.update(slope=mean, slope_ci_low=mean - half, slope_ci_high=mean + half)
             res[base] = entry
-        out[f"NN{depth}"] = res
+        out[label] = res
     return out

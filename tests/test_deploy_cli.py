@@ -47,16 +47,20 @@ def test_cli_flags_become_flow_parameters_of_the_same_run(tmp_path):
 
 
 def test_sweep_flags_reach_the_flow():
-    """Every flag that sets a config key (--widths, --keep-stale, ...) reaches the flow's config."""
+    """Every flag that sets a config key (--widths, --vary, --keep-t, --keep-stale, ...) reaches
+    the flow's config."""
     argv = ["sweep", "--preset", "smoke", "--widths", "16,32", "--keep-stale", "--workers", "1"]
+    argv += ["--vary", "networks.lr=0.01,0.04", "--keep-t"]
     args = _parser().parse_args(argv)
     params = flow_parameters(args, _load(args))
     config = json.loads(params["config"].model_dump_json())
     from_flow = resolve_config(config=config)
     assert from_flow == _load(args)
-    assert from_flow.networks.widths == [16, 32] and from_flow.compute.keep_stale
+    assert from_flow.networks.vary == {"width": [16, 32], "lr": [0.01, 0.04]}
+    assert from_flow.networks.keep_t and from_flow.compute.keep_stale
     # the same experiment as a deployment's parameters lands in the same run folder
     sets = ["networks.widths=[16, 32]", "compute.keep_stale=true", "compute.n_workers=1"]
+    sets += ["networks.vary.lr=[0.01, 0.04]", "networks.keep_t=true"]
     assert build_config("smoke", sets).run_id == from_flow.run_id
 
 

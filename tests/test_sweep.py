@@ -3,6 +3,7 @@ rerun-failed-only per (width, trial), bad input rejected before any work)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -82,7 +83,9 @@ def test_sweep_config():
     cfg = load_config("smoke", overrides=[*SMALL, "networks.widths=[16, 32]"])
     assert cfg.methods[:4] == ["NN1@w16", "NN1@w32", "NN2@w16", "NN2@w32"]
     assert "LIN2-sgd@w32" in cfg.methods
-    with pytest.raises(ConfigError, match="networks.widths"):
+    # the key of older configs and --widths is the width axis of the grid
+    assert cfg.networks.vary == {"width": [16, 32]}
+    with pytest.raises(ConfigError, match="networks.vary.width"):
         load_config("smoke", overrides=["networks.widths=[16, 16]"])
     with pytest.raises(ConfigError, match="faults.fail_networks"):
         load_config("smoke", overrides=["faults.fail_networks=[NN1]"])
@@ -91,10 +94,28 @@ def test_sweep_config():
 @pytest.mark.parametrize(
     "args, field",
     [
-        (["--widths", "0,64"], "networks.widths"),
-        (["--widths", "-5"], "networks.widths"),
+        (["--widths", "0,64"], "networks.vary.width"),
+        (["--widths", "-5"], "networks.vary.width"),
         (["--widths", "64,x"], "--widths"),
-        (["--widths", "64", "--kernels-only"], "networks.widths"),
+        (["--widths", "64", "--kernels-only"], "networks.vary"),
+        (["--vary", "networks.foo=1,2"], "networks.vary.foo"),  # an unknown key
+        (["--vary", "networks.lr="], "networks.vary.lr"),  # an empty list
+        (["--vary", "networks.lr=0.02,-1"], "networks.vary.lr"),  # a value the config rejects
+        (["--vary", "networks.batch_size=1.5"], "networks.vary.batch_size"),
+        (["--vary", "networks.parameterization=ntkj,wide"], "networks.vary.parameterization"),
+        (["--vary", "data.n_obs=100,200"], "--vary data.n_obs"),  # not a training setting
+        (
+            [
+                "--vary",
+                "networks.lr=1,2,3,4,5,6,7,8,9",
+                "--vary",
+                "networks.width=" + ",".join(map(str, range(1, 9))),
+            ],
+            "networks.vary",
+        ),  # 72 grid points: more than the bound
+        (["--vary", "networks.epochs=3,4", "--keep-t"], "networks.keep_t"),
+        (["--widths", "16", "--vary", "networks.width=32"], "networks.widths"),
+        ([], "--vary"),
         (["--widths", "64", "--set", "networks.lr=-0.1"], "networks.lr"),
         (["--widths", "64", "--set", "networks.epochs=[0, 1]"], "networks.epochs"),  # t = 0
     ],
@@ -111,40 +132,53 @@ def _mtimes(run: Path, pattern: str) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_sweep_shares_grams_and_reruns_only_the_failed_network(run_cli, tmp_path):
+def test_a_two_key_grid_shares_grams_and_reruns_only_the_failed_point(run_cli, tmp_path):
+    """A width × learning-rate grid (--widths is short for --vary networks.width) at smoke size:
+    one Gram per kernel per trial whatever the grid, and after an injected failure of one grid
+    point the rerun computes that point (network and predictors) and nothing else."""
     out = tmp_path / "runs"
     args = ["sweep", "--preset", "smoke", "--widths", "16,32", "--out", str(out)]
-    args += ["--set", "kernels=[NTKB1, K1]"]
-    faults = ["--set", "faults.fail_networks=['1/NN1@w32']", "--set", "faults.fail_once=true"]
+    args += ["--vary", "networks.lr=0.002,0.02", "--set", "kernels=[NTKB1, K1]"]
+    failed = "NN1@width=32,lr=0.02"
+    faults = ["--set", f"faults.fail_networks=['1/{failed}']", "--set", "faults.fail_once=true"]
     r = run_cli(*args, *faults)
     assert r.returncode == 1, r.stderr  # trial 1 failed
     (run,) = [p for p in out.iterdir() if p.is_dir()]
-    assert "trial-001/train/NN1@w32" in r.stdout + r.stderr
-    # one Gram per kernel per trial, whatever the number of widths
+    assert f"trial-001/train/{failed}" in r.stdout + r.stderr
+    # one Zarr group per kernel per trial (and the data's), whatever the number of grid points
     for k in ("000", "001"):
-        grams = sorted(p.name for p in (run / "trials" / k / "gram").iterdir())
-        assert grams == ["K1.zarr", "NTKB1.zarr", "NTKJ1.zarr", "NTKJ2.zarr"]
-    assert not (run / "trials/001/items/NN1@w32.json").exists()
-    assert (run / "trials/001/items/NN2@w32.json").exists()
+        groups = sorted(
+            str(p.parent.relative_to(run / "trials" / k))
+            for p in (run / "trials" / k).rglob("zarr.json")
+            if p.parent.name.endswith(".zarr")
+        )
+        assert groups == ["data.zarr"] + [
+            f"gram/{g}.zarr" for g in ("K1", "NTKB1", "NTKJ1", "NTKJ2")
+        ]
+    assert not (run / f"trials/001/items/{failed}.json").exists()
+    assert (run / "trials/001/items/NN2@width=32,lr=0.02.json").exists()
     before = _mtimes(run, "trials/*/items/*.json") | _mtimes(run, "trials/*/gram/*/zarr.json")
-    before |= _mtimes(run, "trials/*/nets/*")
+    before |= _mtimes(run, "trials/*/nets/*") | _mtimes(run, "trials/*/data.zarr/zarr.json")
 
-    r = run_cli(*args, *faults)  # the same run: only the failed network (and its theory) runs
+    r = run_cli(*args, *faults)  # the same run: only the failed grid point (and its theory) runs
     assert r.returncode == 0, r.stderr
     after = _mtimes(run, "trials/*/items/*.json") | _mtimes(run, "trials/*/gram/*/zarr.json")
-    after |= _mtimes(run, "trials/*/nets/*")
+    after |= _mtimes(run, "trials/*/nets/*") | _mtimes(run, "trials/*/data.zarr/zarr.json")
     changed = sorted(p for p in after if before.get(p) != after[p])
+    tag = failed.removeprefix("NN1")
+    lin = [f"LIN1{v}{tag}" for v in ("", "-emp", "-inf", "-sgd", "-after")]
     assert changed == sorted(
-        [
-            f"trials/001/items/{m}@w32.json"
-            for m in ("NN1", "LIN1", "LIN1-emp", "LIN1-inf", "LIN1-sgd")
-        ]
+        [f"trials/001/items/{m}.json" for m in (failed, *lin)]
         + [
-            f"trials/001/nets/{f}"
-            for f in ("NN1@w32.npz", "NN1@w32_curve.json", "NN1@w32_ntk0.npz", "LIN1@w32.npz")
+            f"trials/001/nets/{failed}{x}"
+            for x in (".npz", "_curve.json", "_ntk0.npz", "_ntkT.npz")
         ]
+        + [f"trials/001/nets/{f}{tag}.npz" for f in ("LIN1", "LIN1-after")]
     ), changed
-    summary = (run / "summary.json").read_text()
-    assert '"sweep"' in summary
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["sweep"]) == {"width", "lr"} and "NN1@w32" in summary["sweep"]["lr"]["lines"]
+    assert set(summary["verdict"]) == {s for s in summary["theory"]}
     assert (run / "sweep.png").read_bytes()[:4] == b"\x89PNG"
-    assert "## Gap to the linearized network against width" in (run / "report.md").read_text()
+    md = (run / "report.md").read_text()
+    assert md.index("## Verdict") < md.index("## Test RMSE per method")
+    assert "### networks.lr" in md and "### networks.width" in md

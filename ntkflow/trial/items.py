@@ -33,6 +33,7 @@ ARTIFACT_FIELDS = (
     ("gram", "gram_sha256"),
     ("predictions", "predictions_sha256"),
     ("ntk0", "ntk0_sha256"),
+    ("ntkT", "ntkT_sha256"),
 )
 
 

@@ -4,7 +4,7 @@ through :func:`ntkflow.trial.items.run` (reuse → lease → compute → save).
     kernel_part    data and every kernel's Gram and regression, under the lease ``trial``
                    (kernels only: then the result too)
     network_part   one network, under its own lease ``NN<L>``
-    theory_part    that network's linearized predictors, under ``LIN<L>``
+    theory_part    that network's linearized predictors (LIN-after apart), under ``LIN<L>``
     finish_part    result.json from the stored records, under ``trial``
 """
 
@@ -17,7 +17,7 @@ from ntkflow.trial.items import REUSED, run
 from ntkflow.trial.kernel import KernelItem
 from ntkflow.trial.manifest import ResultItem, load_result, sweep
 from ntkflow.trial.network import NetworkItem
-from ntkflow.trial.theory import TheoryItem
+from ntkflow.trial.theory import AfterItem, TheoryItem
 
 
 def kernel_part(t: Trial, on_wait=None) -> str:
@@ -37,18 +37,20 @@ def kernel_part(t: Trial, on_wait=None) -> str:
     return status
 
 
-def network_part(t: Trial, depth: int, width: int | None = None, progress=None, on_wait=None):
-    """One network of the trial under its own lease (waits for a live holder elsewhere);
-    ``progress(epoch, row)`` follows its training. Returns its record."""
-    item = NetworkItem(t, network_spec(t.cfg, depth, width), progress)
+def network_part(t: Trial, network: str, progress=None, on_wait=None):
+    """The trial's network named ``network`` (``NN1``, ``NN1@lr=0.02``) under its own lease
+    (waits for a live holder elsewhere); ``progress(epoch, row)`` follows its training.
+    Returns its record."""
+    item = NetworkItem(t, network_spec(t.cfg, network), progress)
     (record,), _ = run([item], on_wait, before=lambda: t.fault(item.spec.name))
     return record[0]
 
 
-def theory_part(t: Trial, depth: int, width: int | None = None, on_wait=None) -> list[dict]:
+def theory_part(t: Trial, network: str, on_wait=None) -> list[dict]:
     """The linearized predictors of one network (after it trained), under their own lease."""
-    (records,), _ = run([TheoryItem(t, network_spec(t.cfg, depth, width))], on_wait)
-    return records
+    spec = network_spec(t.cfg, network)
+    (records, after), _ = run([TheoryItem(t, spec), AfterItem(t, spec)], on_wait)
+    return records + after
 
 
 def finish_part(t: Trial, on_wait=None) -> str:
@@ -62,8 +64,8 @@ def run_trial(cfg, store, k: int, versions=None, device: str = "cpu", scheduler=
     with t.recording_errors():
         kernel_part(t)
         for s in network_specs(cfg):
-            network_part(t, s.depth, s.width)
-            theory_part(t, s.depth, s.width)
+            network_part(t, s.name)
+            theory_part(t, s.name)
         if cfg.networks.enabled:
             finish_part(t)
     return load_result(t)
