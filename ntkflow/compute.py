@@ -32,6 +32,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -253,11 +254,16 @@ def job_name(pid: int | None = None) -> str:
 def cancel_jobs(pid: int | None = None) -> None:
     """Cancel the batch jobs of the run launched by ``pid`` (this process), pending or running.
     Best effort, bounded: a no-op where Slurm is not installed."""
-    if shutil.which("scancel"):
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            user = pwd.getpwuid(os.getuid()).pw_name
-            cmd = ["scancel", "--name", job_name(pid), "--user", user]
-            subprocess.run(cmd, capture_output=True, timeout=30)
+    if not shutil.which("scancel"):
+        return
+    cmd = ["scancel", "--name", job_name(pid), "--user", pwd.getpwuid(os.getuid()).pw_name]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        print(f"ntkflow: {' '.join(cmd)}: {e}", file=sys.stderr, flush=True)
+        return
+    if res.returncode:  # no such jobs is not an error for scancel; anything else is said
+        print(f"ntkflow: {' '.join(cmd)}: {res.stderr.strip()}", file=sys.stderr, flush=True)
 
 
 def _is_slurm(plan: ClusterPlan) -> bool:

@@ -79,8 +79,9 @@ def s3_root(s3_env):
 
 @pytest.fixture(scope="session")
 def slurm_env(tmp_path_factory):
-    """A private single-node Slurm for this pytest process (tests using it are grouped into one
-    xdist worker, ``xdist_group("slurm")``); SLURM_CONF exported for the commands tests start."""
+    """A private single-node Slurm for this pytest process (tests/test_slurm.py runs in one xdist
+    worker, ``xdist_group("slurm")``; another worker using it starts its own, on other ports);
+    SLURM_CONF exported for the commands tests start."""
     from servers import slurm, slurm_missing
 
     why = slurm_missing()

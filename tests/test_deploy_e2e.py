@@ -52,9 +52,7 @@ def _subflow_runs(api, parent_id):
     )
 
 
-@pytest.mark.parametrize(
-    "cluster", ["local", pytest.param("slurm", marks=pytest.mark.xdist_group("slurm"))]
-)
+@pytest.mark.parametrize("cluster", ["local", "slurm"])
 def test_deployment_run_fails_then_retry_completes_in_place(stack, cluster, request):
     """The README's walk-through, on the default cluster and on Slurm (the shipped GPU spec with
     site fields changed): a failing trial, then `prefect flow-run retry` recomputes only it."""
