@@ -150,23 +150,28 @@ def prefect_server(
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(f"{api}/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.flush()
-                    raise RuntimeError(
-                        "prefect server did not start:\n"
-                        + (workdir / "server.log").read_text()[-3000:]
-                    ) from None
-                time.sleep(1)
+        _wait_http(f"{api}/health", proc, log, workdir / "server.log", timeout, "prefect server")
         yield api
     finally:
         stop(proc)
         log.close()
+
+
+def _wait_http(url, proc, log, log_path: Path, timeout: float, name: str, interval=1.0):
+    """Wait until ``url`` answers; RuntimeError with the log's tail if ``proc`` dies first or
+    ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                raise RuntimeError(
+                    f"{name} did not start:\n" + log_path.read_text()[-3000:]
+                ) from None
+            time.sleep(interval)
 
 
 def cli(args: list[str], env: dict, timeout: float = 300, check: bool = True):
@@ -256,17 +261,8 @@ def s3_server(workdir: Path, bucket: str = "ntkflow", timeout: float = 60):
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(f"{env['AWS_ENDPOINT_URL']}/moto-api/", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        "moto_server did not start:\n" + (workdir / "moto.log").read_text()
-                    ) from None
-                time.sleep(0.2)
+        url = f"{env['AWS_ENDPOINT_URL']}/moto-api/"
+        _wait_http(url, proc, log, workdir / "moto.log", timeout, "moto_server", interval=0.2)
         with _environ(env):
             import s3fs
 
