@@ -23,6 +23,10 @@ import fsspec
 
 log = logging.getLogger(__name__)
 _MEMORY_LOCK = threading.Lock()  # memory:// checks-then-creates: serialise exclusive creates
+# S3's LastModified has whole-second resolution (AWS and moto_server list ``…T10:14:34.000Z``):
+# an object may be up to 1 s younger than its stamp, so object-store ages (Store.age) count from
+# the end of the stamp's second, never more than the truth.
+STAMP_RESOLUTION = 1.0
 
 
 def _canonical(payload: dict) -> bytes:
@@ -169,8 +173,10 @@ class Store:
         }
 
     def age(self, rel: str) -> float | None:
-        """Seconds since ``rel`` was last modified (None if the store cannot say). On object
-        stores a folder is a prefix with no date of its own: its newest object's age."""
+        """Seconds since ``rel`` was last modified, never more than the truth (clocks in sync),
+        so what a sweep finds older than a threshold is (None if the store cannot say). On
+        object stores a folder is a prefix with no date of its own: its newest object's age,
+        from the end of its stamp's second (STAMP_RESOLUTION)."""
         try:
             if self.local:
                 return time.time() - os.lstat(self.path(rel)).st_mtime
@@ -179,7 +185,7 @@ class Store:
             return None
         stamps = [_stamp(info) for info in found.values()]
         stamps = [s for s in stamps if s is not None]
-        return time.time() - max(stamps) if stamps else None
+        return max(0.0, time.time() - max(stamps) - STAMP_RESOLUTION) if stamps else None
 
     def commit_dir(self, tmp: str, rel: str) -> None:
         """Move the folder ``tmp`` (written under a unique temporary name) to ``rel``,
