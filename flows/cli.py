@@ -167,15 +167,21 @@ def cmd_run(args) -> int:
 
     exit_on_signals()  # from here on, SIGINT/SIGTERM stop the children and exit at once
     watchdog.start()  # and a SIGKILL leaves nothing running (server, workers, batch jobs)
-    from prefect import tags
-
-    from flows.experiment import experiment, run_name, run_tags
     from flows.runtime import prefect_api
 
     print(f"ntkflow: run {cfg.run_id} → {store.url}", file=sys.stderr, flush=True)
     failed = None
     before = _summary_bytes(store)  # a summary left by an earlier run is not this run's
-    with prefect_api() as (api, embedded):
+    with prefect_api() as (api, server):
+        embedded = server is not None
+        # imported while an embedded server boots (both take seconds)
+        from prefect import tags
+
+        from flows.experiment import experiment, run_name, run_tags
+
+        if embedded:
+            server.wait()
+            api = server.url
         print(f"ntkflow: Prefect API {api}{' (embedded)' if embedded else ''}", file=sys.stderr)
         if embedded and cfg.compute.cluster not in ("local", "cuda"):
             print(

@@ -15,27 +15,97 @@ from ntkflow import compute
 STARTUP_TIMEOUT = int(os.environ.get("NTKFLOW_PREFECT_STARTUP_TIMEOUT", "300"))
 
 
+class EmbeddedAPI:
+    """Prefect's embedded API server of one command: the uvicorn process that Prefect's own
+    ``SubprocessASGIServer`` runs (UI off, ephemeral services), started *without* importing
+    the server into this process (seconds of imports this process never uses) and without
+    waiting: it boots while this process gets the flow ready, and :meth:`wait` blocks until it
+    answers. It reads the same profile and environment as this process."""
+
+    def __init__(self):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.process = self._start()
+
+    def _start(self):
+        import subprocess
+
+        env = {
+            **os.environ,
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+        }
+        args = ["--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1"]
+        args += ["--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
+        return subprocess.Popen([sys.executable, "-m", "uvicorn", *args], env=env)
+
+    def wait(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Until the server answers /health; RuntimeError if it exits or times out."""
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.process.poll()
+            if code == 3:  # uvicorn's "address already in use": the port was taken meanwhile
+                self.port = _free_port()
+                self.url = os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{self.port}/api"
+                self.process = self._start()
+                continue
+            if code is not None:
+                raise RuntimeError(f"the embedded Prefect server exited with status {code}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the embedded Prefect server did not answer in {timeout} s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        import subprocess
+
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextlib.contextmanager
 def prefect_api():
     """Use PREFECT_API_URL when set; otherwise start Prefect's embedded server for this run.
 
-    The server is started here, before the Dask cluster, and its URL exported, so the worker
-    processes report to it instead of each starting an ephemeral server of its own. The first
-    start on 2 cores (database migrations) can take a minute: the timeout is generous.
+    Yields ``(url, server)``: ``server`` is the :class:`EmbeddedAPI` (None for a given API),
+    already starting; call its ``wait()`` before the first API call. Its URL is exported at
+    once, so the worker processes report to it instead of each starting an ephemeral server of
+    its own. The first start on 2 cores (database migrations) can take a minute: the timeout
+    is generous.
     """
     if os.environ.get("PREFECT_API_URL"):
-        yield os.environ["PREFECT_API_URL"], False
+        yield os.environ["PREFECT_API_URL"], None
         return
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start(timeout=STARTUP_TIMEOUT)
-    os.environ["PREFECT_API_URL"] = server.api_url
+    server = EmbeddedAPI()
+    os.environ["PREFECT_API_URL"] = server.url
     try:
-        yield server.api_url, True
+        yield server.url, server
     finally:
-        _flush_logs()
+        if server.process.poll() is None:
+            _flush_logs()
         del os.environ["PREFECT_API_URL"]
         server.stop()
 

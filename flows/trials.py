@@ -49,6 +49,12 @@ def check_store(out: str) -> None:
     preflight.probe_read(out, token, host)
 
 
+def _same_filesystem(cfg: Config, store: Store) -> bool:
+    """Whether the workers see this store as the flow does without asking them: worker
+    processes of a local cluster (started by this flow, on this machine) and a local folder."""
+    return cfg.compute.cluster in ("local", "cuda") and store.local
+
+
 class TrialSteps:
     """Each trial's steps, each submitted as its upstream step ends: kernels → each network's
     training → its theory → the result, then the trial ends (progress).
@@ -164,7 +170,7 @@ def run_trials(
     store = Store(out)
     if todo is None:
         todo = [k for k in range(cfg.trials) if tr.complete(cfg, store, k) is None]
-    if todo:
+    if todo and not _same_filesystem(cfg, store):
         try:
             check_store(out)  # before any work: the workers' writes must be visible here
         except preflight.PlaceError as e:  # a usage error, reported without a traceback

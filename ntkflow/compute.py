@@ -266,6 +266,12 @@ def cancel_jobs(pid: int | None = None) -> None:
         print(f"ntkflow: {' '.join(cmd)}: {res.stderr.strip()}", file=sys.stderr, flush=True)
 
 
+# Local workers (their nannies take this config at start): no statistical profiler sampling
+# every worker thread every 10 ms, a CPU tax of a few percent on a laptop's cores for the
+# dashboard's profile page only.
+_LOCAL_WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+
+
 def _is_slurm(plan: ClusterPlan) -> bool:
     return (plan.cluster_class or "").endswith("SLURMCluster")
 
@@ -323,13 +329,16 @@ def start_cluster(plan: ClusterPlan, start_timeout: float = 600.0):
     if plan.address:
         yield plan.address
         return
+    import dask
+
     module, _, attr = plan.cluster_class.rpartition(".")
     cls = getattr(_require(module), attr)
     kwargs = dict(plan.kwargs)
     if plan.cluster_class.startswith("dask_jobqueue."):
         kwargs["job_name"] = job_name()
     try:
-        cluster = cls(**kwargs)
+        with dask.config.set(_LOCAL_WORKER_CONFIG if plan.name in ("local", "cuda") else {}):
+            cluster = cls(**kwargs)
     except Exception as e:  # noqa: BLE001 - any failure to start is reported the same way
         raise ClusterError(f"cannot start {plan.describe()}: {type(e).__name__}: {e}") from e
     try:

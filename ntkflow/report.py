@@ -8,15 +8,20 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from ntkflow import figures, keys, markdown, stats, verdict
+from ntkflow import keys
 from ntkflow.config import Config
 from ntkflow.names import network_specs
 from ntkflow.store import Store
 from ntkflow.trial import Trial, complete, method_key
 from ntkflow.trial.manifest import check
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas, SciPy's statistics and matplotlib are imported where a summary is made, not with this
+# module: every Dask worker imports it (through the flow's tasks) and never aggregates.
 
 PACKAGES = (
     "ntkflow",
@@ -102,6 +107,8 @@ def collect(
     """Tidy rows (trial, method, rmse, status, timings, diagnostics), the failed trials (also
     those whose result does not verify against ``cfg``), the stale items kept, and every
     trial's result (None if it failed)."""
+    import pandas as pd
+
     rows, failed, stale, results = [], [], [], {}
     for k, (res, bad) in _checked(cfg, store, deep).items():
         t = Trial(cfg, store, k)
@@ -128,6 +135,8 @@ def collect(
 
 def aggregate(cfg: Config, store: Store, run_info: dict | None = None, deep=False) -> dict:
     """Write results.parquet, summary.json, boxplot.png and report.md; return the summary."""
+    from ntkflow import figures, markdown, stats
+
     df, failed, stale, results = collect(cfg, store, deep)
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
@@ -165,6 +174,8 @@ def theory_sections(cfg: Config, df: pd.DataFrame, failed_trials: list[int]) -> 
     """summary.json's ``verdict`` and ``theory`` (per network), ``sweep`` (per varied setting:
     the gaps against it), ``width_slopes`` (against width, log-log) and ``missing`` (the trials
     each method lacks besides the failed trials) sections."""
+    from ntkflow import stats, verdict
+
     specs = network_specs(cfg)
     out: dict = {"missing": stats.missing_trials(df, cfg.methods, failed_trials)}
     if specs and len(df):
