@@ -165,8 +165,10 @@ def cmd_run(args) -> int:
     from flows import watchdog
     from flows.runtime import exit_on_signals
 
-    exit_on_signals()  # from here on, SIGINT/SIGTERM stop the children and exit at once
-    watchdog.start()  # and a SIGKILL leaves nothing running (server, workers, batch jobs)
+    # from here on, SIGINT/SIGTERM stop the children and exit at once, and the watchdog (spared
+    # by them) leaves nothing running once the command is gone (server, workers, batch jobs),
+    # also after a SIGKILL
+    exit_on_signals(spare=watchdog.start().pid)
     from flows.runtime import prefect_api
 
     print(f"ntkflow: run {cfg.run_id} → {store.url}", file=sys.stderr, flush=True)

@@ -180,15 +180,17 @@ def task_runner_at(address: str):
 INTERRUPTED = "interrupted; rerun to resume"
 
 
-def stop_children(grace: float = 5.0) -> None:
+def stop_children(grace: float = 5.0, spare: int | None = None) -> None:
     """Terminate every process this one started (Prefect server, Dask nannies and workers),
-    then kill what is still alive after ``grace`` seconds: nothing is left orphaned."""
+    then kill what is still alive after ``grace`` seconds: nothing is left orphaned. The child
+    ``spare`` (the watchdog) and its own children are left running."""
     import psutil
 
-    try:
-        children = psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return
+    children = []
+    for child in psutil.Process().children():
+        if child.pid != spare:
+            with contextlib.suppress(psutil.Error):
+                children += [child, *child.children(recursive=True)]
     for p in children:
         with contextlib.suppress(psutil.Error):
             p.terminate()
@@ -199,14 +201,16 @@ def stop_children(grace: float = 5.0) -> None:
     psutil.wait_procs(alive, timeout=grace)
 
 
-def exit_on_signals(signals=(signal.SIGINT, signal.SIGTERM)) -> None:
+def exit_on_signals(signals=(signal.SIGINT, signal.SIGTERM), spare: int | None = None) -> None:
     """On SIGINT/SIGTERM: say so, cancel the run's batch jobs, stop the workers and the embedded
-    server, exit 128 + signal.
+    server (not the child ``spare``, the watchdog), cancel again, exit 128 + signal.
 
     A graceful unwinding through Prefect and Dask can hang for minutes once the server or the
     workers are gone (a Ctrl-C reaches the whole process group), and finished work is already
     committed to the store, so the process stops its children itself and exits at once; a
-    rerun of the same command resumes from the store.
+    rerun of the same command resumes from the store. Dask's adaptive scaling goes on in its
+    own thread meanwhile and may still submit a job: the watchdog, spared, cancels the run's
+    jobs until none is left once this process is gone.
     """
 
     def handler(signum, frame):
@@ -216,7 +220,8 @@ def exit_on_signals(signals=(signal.SIGINT, signal.SIGTERM)) -> None:
         print(f"\nntkflow: {name}: {INTERRUPTED}", file=sys.stderr, flush=True)
         _mark_crashed(f"{name}: {INTERRUPTED}")
         compute.cancel_jobs()  # the run's batch jobs, pending or running, before it exits
-        stop_children()
+        stop_children(spare=spare)
+        compute.cancel_jobs()  # and those submitted meanwhile
         sys.stdout.flush()
         os._exit(128 + signum)
 

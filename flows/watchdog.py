@@ -5,8 +5,10 @@ or the OOM killer is not, and would leave the embedded Prefect server, the Dask 
 workers and the Slurm jobs of the run behind. This small process, started by the command in a
 session of its own, watches it: every half second it notes the command's descendants (psutil
 remembers each one's start time, so a reused pid is never mistaken for one), and once the
-command is gone it stops those still running (SIGTERM, then SIGKILL after 3 s) and cancels the
-run's batch jobs (``compute.cancel_jobs``: by job name, which carries the command's pid).
+command is gone, however it ended, it stops those still running (SIGTERM, then SIGKILL after
+3 s) and cancels the run's batch jobs by job name, which carries the command's pid, until none
+is left (``compute.cancel_jobs_until_gone``: a submission in flight when the command ended
+lands after a first scancel). The signal handler spares it for that.
 """
 
 from __future__ import annotations
@@ -47,9 +49,9 @@ def watch(pid: int, interval: float = INTERVAL) -> list[psutil.Process]:
     for p in alive:
         with contextlib.suppress(psutil.Error):
             p.kill()
-    from ntkflow.compute import cancel_jobs
+    from ntkflow.compute import cancel_jobs_until_gone
 
-    cancel_jobs(pid)
+    cancel_jobs_until_gone(pid)
     return left
 
 

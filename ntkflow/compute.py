@@ -251,12 +251,16 @@ def job_name(pid: int | None = None) -> str:
     return f"ntkflow-{socket.gethostname()}-{pid or os.getpid()}"
 
 
+def _user() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
 def cancel_jobs(pid: int | None = None) -> None:
     """Cancel the batch jobs of the run launched by ``pid`` (this process), pending or running.
     Best effort, bounded: a no-op where Slurm is not installed."""
     if not shutil.which("scancel"):
         return
-    cmd = ["scancel", "--name", job_name(pid), "--user", pwd.getpwuid(os.getuid()).pw_name]
+    cmd = ["scancel", "--name", job_name(pid), "--user", _user()]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError) as e:
@@ -264,6 +268,41 @@ def cancel_jobs(pid: int | None = None) -> None:
         return
     if res.returncode:  # no such jobs is not an error for scancel; anything else is said
         print(f"ntkflow: {' '.join(cmd)}: {res.stderr.strip()}", file=sys.stderr, flush=True)
+
+
+def queued_jobs(pid: int | None = None, fmt: str = "%i %T") -> list[str] | None:
+    """squeue's lines (format ``fmt``) for the batch jobs of the run launched by ``pid`` (this
+    process) that are still queued, running or completing; None where Slurm cannot be asked."""
+    if not shutil.which("squeue"):
+        return None
+    cmd = ["squeue", "-h", "--name", job_name(pid), "--user", _user(), "-o", fmt]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.splitlines() if res.returncode == 0 else None
+
+
+def cancel_jobs_until_gone(
+    pid: int, settle: float = 5.0, timeout: float = 20.0, interval: float = 0.5
+) -> list[str]:
+    """Cancel the batch jobs of the run launched by ``pid``, which has ended, until squeue has
+    shown none for ``settle`` seconds, for at most ``timeout`` seconds; returns those left.
+
+    One scancel is not enough: dask-jobqueue submits from the run's event loop thread, which
+    goes on while a signal handler cancels, and an ``sbatch`` started just before the process
+    ended submits after it."""
+    cancel_jobs(pid)
+    deadline = time.monotonic() + timeout
+    quiet_since = time.monotonic()
+    while (jobs := queued_jobs(pid)) is not None and time.monotonic() < deadline:
+        if jobs:
+            cancel_jobs(pid)
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= settle:
+            return []
+        time.sleep(interval)
+    return jobs or []
 
 
 # Local workers (their nannies take this config at start): no statistical profiler sampling
@@ -292,15 +331,10 @@ def _test_submission(cluster) -> None:
 
 def _pending_reason(plan: ClusterPlan) -> str:
     """What the run's batch jobs are waiting for, from squeue (empty when it cannot say)."""
-    if not _is_slurm(plan) or not shutil.which("squeue"):
+    jobs = queued_jobs(fmt="job %i %T (%r)") if _is_slurm(plan) else None
+    if jobs is None:
         return ""
-    res = subprocess.run(
-        ["squeue", "-h", "--name", job_name(), "-o", "job %i %T (%r)"],
-        capture_output=True,
-        text=True,
-    )
-    jobs = "; ".join(res.stdout.split("\n")[:3]).strip("; ")
-    return f": {jobs}" if jobs else ": no job queued"
+    return f": {'; '.join(jobs[:3])}" if jobs else ": no job queued"
 
 
 def _wait_for_first_worker(cluster, plan: ClusterPlan, timeout: float) -> None:

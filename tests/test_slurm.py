@@ -10,11 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from launch import launch
 from servers import slurm_spec as _spec
 
-from ntkflow.compute import worker_env
+from ntkflow.compute import job_name, worker_env
 from ntkflow.presets import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,3 +200,46 @@ def test_sigkill_of_the_command_cancels_its_jobs_through_the_watchdog(slurm_env,
     proc.send_signal(signal.SIGKILL)  # no handler runs: only the watchdog is left to clean up
     proc.wait(timeout=30)
     assert _queue_empties(15) == []
+
+
+# `ntkflow run` as far as signals go: its watchdog, its handler, then it waits for a signal
+COMMAND = """
+import sys
+from flows import runtime, watchdog
+runtime.exit_on_signals(spare=watchdog.start().pid)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_job_submitted_after_the_command_is_gone_is_cancelled_by_its_watchdog(
+    slurm_env, tmp_path, signum
+):
+    """Dask's adaptive scaling submits from its own thread, also while the signal handler cancels:
+    a submission in flight when the command ends lands after its scancel (seen as a job RUNNING
+    after the SIGTERM test). The watchdog, spared by the handler, cancels until none is left."""
+    cmd = subprocess.Popen(
+        [sys.executable, "-c", COMMAND],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert cmd.stdout.readline() == "ready\n"
+        (dog,) = psutil.Process(cmd.pid).children()
+        time.sleep(1)  # the watchdog watches
+        cmd.send_signal(signum)
+        assert cmd.wait(timeout=60) in (128 + signum, -signal.SIGKILL)
+        time.sleep(2)  # after the watchdog's first scancel
+        sbatch = ["sbatch", "-J", job_name(cmd.pid), "-o", "/dev/null", "--wrap", "sleep 300"]
+        subprocess.run(sbatch, check=True, capture_output=True)
+        assert _queue_empties(30) == []
+        dog.wait(timeout=30)  # and then it ends
+    finally:
+        if cmd.poll() is None:
+            cmd.kill()
+            cmd.wait()
