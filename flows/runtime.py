@@ -101,6 +101,7 @@ def prefect_api():
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     server = EmbeddedAPI()
     os.environ["PREFECT_API_URL"] = server.url
+    cert = _one_certificate() if "PREFECT_API_SSL_CERT_FILE" not in os.environ else None
     try:
         yield server.url, server
     finally:
@@ -108,6 +109,28 @@ def prefect_api():
             _flush_logs()
         del os.environ["PREFECT_API_URL"]
         server.stop()
+        if cert:
+            del os.environ["PREFECT_API_SSL_CERT_FILE"]
+            os.remove(cert)
+
+
+def _one_certificate() -> str:
+    """A CA file of one certificate, exported as PREFECT_API_SSL_CERT_FILE for this command
+    and its workers. The embedded API is plain HTTP on 127.0.0.1, so no certificate is ever
+    checked, yet every Prefect client (two per task run) loads its CA file into a TLS context:
+    ~50 ms for the whole certifi bundle, ~1 ms for one certificate."""
+    import re
+    import tempfile
+
+    import certifi
+
+    bundle = open(certifi.where()).read()
+    first = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n", bundle, re.S)
+    fd, path = tempfile.mkstemp(prefix="ntkflow-api-", suffix=".pem")
+    with os.fdopen(fd, "w") as f:
+        f.write(first.group(0))
+    os.environ["PREFECT_API_SSL_CERT_FILE"] = path
+    return path
 
 
 def _flush_logs() -> None:

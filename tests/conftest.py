@@ -29,8 +29,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def prefect_home(tmp_path_factory):
-    """One Prefect home (SQLite database) for every end-to-end test of the session."""
-    return tmp_path_factory.mktemp("prefect-home")
+    """One Prefect home (SQLite database, migrated) for every end-to-end test of the session."""
+    from servers import seed_home
+
+    return seed_home(tmp_path_factory.mktemp("prefect-home"))
 
 
 @pytest.fixture(scope="session")

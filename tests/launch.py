@@ -17,6 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def launch(args, log: Path, home: Path, env=None) -> subprocess.Popen:
     """`ntkflow ARGS` with its own PREFECT_HOME (embedded API), output to ``log``."""
+    from servers import seed_home
+
+    seed_home(home)
     full = {
         **os.environ,
         "PYTHONPATH": str(ROOT),

@@ -106,8 +106,44 @@ def _has_user(name: str) -> bool:
         return False
 
 
-def base_env(home: Path, **extra) -> dict:
+def seed_home(home: Path) -> Path:
+    """A Prefect home whose SQLite database is already migrated: a copy of one made once per
+    test session (a fresh home's first server start spends ~10 s of CPU on migrations, which
+    every end-to-end launch in its own home would pay again)."""
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "prefect.db").exists():
+        shutil.copyfile(_template_db(), home / "prefect.db")
+    return home
+
+
+def _template_db() -> Path:
+    """The migrated database, made by the first test process that needs it (the others of the
+    same pytest-xdist run wait on its lock)."""
+    import fcntl
+    import sqlite3
+
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+    home = Path(tempfile.gettempdir()) / f"ntkflow-test-prefect-home-{run}"
+    db = home / "prefect.db"
+    home.mkdir(exist_ok=True)
+    with open(home / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (home / "ready").exists():
+            start = "from prefect.server.api.server import SubprocessASGIServer as S; "
+            start += "s = S(); s.start(timeout=600); s.stop()"
+            env = {**base_env(home, seeded=False), "PREFECT_HOME": str(home)}
+            subprocess.run([sys.executable, "-c", start], env=env, check=True, timeout=900)
+            with contextlib.closing(sqlite3.connect(db)) as con:  # one file, no WAL left
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            (home / "ready").touch()
+    return db
+
+
+def base_env(home: Path, seeded: bool = True, **extra) -> dict:
+    """The environment of a Prefect process in its own home (seeded: a migrated database)."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    if seeded:
+        seed_home(home)
     return {
         **env,
         "PREFECT_HOME": str(home),
