@@ -7,6 +7,8 @@ Times, best of ``repeat`` interleaved rounds, K(X, X) for NTKB2 and NTKJ2:
   dask         gram_dask(k, x, None, block).compute (blocks on and above the diagonal, mirrored)
                on Dask's threaded scheduler, each block's kernel call on one thread
                (``write_gram(scheduler="threads")``)
+  blocks       the kernel alone on the same blocks, one call per block on every thread, no
+               Dask (the cost of cutting the Gram into blocks, apart from Dask's)
   dask sync    the blocks one after another, each block's kernel call on every thread: what a
                trial does (``Trial.scheduler == "sync"``)
   sync→zarr    the same stored into an uncompressed Zarr array on local disk (a trial's Gram),
@@ -56,6 +58,17 @@ def via_dask(k, x, block, scheduler="threads"):
     return out
 
 
+def blocks_alone(k, x, block):
+    """The blocks' kernel calls without Dask: the upper blocks computed one after another."""
+    b = block_size(len(x), block)
+    edges = [slice(i, min(i + b, len(x))) for i in range(0, len(x), b)]
+    out = np.empty((len(x), len(x)))
+    for i, r in enumerate(edges):
+        for c in edges[i:]:
+            out[r, c] = k(x[r]) if r == c else k(x[r], x[c])
+    return out
+
+
 def via_zarr(k, x, block, path, scheduler="sync"):
     n = len(x)
     b = block_size(n, block)  # Zarr chunks = Dask blocks, as in ntkflow.gram.write_gram
@@ -85,9 +98,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("NTKB2", "NTKJ2"):
             k = kernel(name)
-            (t_mem, t_dask, t_sync, t_zarr), (ref, got, got_sync, _) = interleaved(
+            (t_mem, t_blocks, t_dask, t_sync, t_zarr), (ref, _, got, got_sync, _) = interleaved(
                 [
                     partial(k, x),
+                    partial(blocks_alone, k, x, a.block),
                     partial(via_dask, k, x, a.block),
                     partial(via_dask, k, x, a.block, "sync"),
                     partial(via_zarr, k, x, a.block, f"{tmp}/{name}.zarr"),
@@ -100,9 +114,11 @@ def main() -> None:
                     "n": a.n,
                     "block": a.block,
                     "in_memory_s": t_mem,
+                    "blocks_alone_s": t_blocks,
                     "dask_s": t_dask,
                     "dask_sync_s": t_sync,
                     "dask_zarr_s": t_zarr,
+                    "blocks_overhead": t_blocks / t_mem - 1,
                     "dask_overhead": t_dask / t_mem - 1,
                     "dask_sync_overhead": t_sync / t_mem - 1,
                     "dask_zarr_overhead": t_zarr / t_mem - 1,
@@ -112,15 +128,32 @@ def main() -> None:
                 }
             )
     print(
-        f"{'kernel':7} {'n':>6} {'block':>6} {'memory s':>9} {'dask s':>8} {'sync s':>8} "
-        f"{'→zarr s':>8} {'dask ovh':>9} {'sync ovh':>9} {'zarr ovh':>9} {'max rel diff':>12}"
+        f"{'kernel':7} {'n':>6} {'block':>6} {'memory s':>9} {'blocks s':>9} {'dask s':>8} "
+        f"{'sync s':>8} {'→zarr s':>8} {'blocks ovh':>10} {'dask ovh':>9} {'sync ovh':>9} "
+        f"{'zarr ovh':>9} {'max rel diff':>12}"
     )
     for r in rows:
+        secs = " ".join(
+            f"{r[key]:{w}.3f}"
+            for key, w in [
+                ("blocks_alone_s", 9),
+                ("dask_s", 8),
+                ("dask_sync_s", 8),
+                ("dask_zarr_s", 8),
+            ]
+        )
+        ovh = " ".join(
+            f"{100 * r[key]:{w}.1f}%"
+            for key, w in [
+                ("blocks_overhead", 9),
+                ("dask_overhead", 8),
+                ("dask_sync_overhead", 8),
+                ("dask_zarr_overhead", 8),
+            ]
+        )
         print(
-            f"{r['kernel']:7} {r['n']:6d} {r['block']:6d} {r['in_memory_s']:9.3f} "
-            f"{r['dask_s']:8.3f} {r['dask_sync_s']:8.3f} {r['dask_zarr_s']:8.3f} "
-            f"{100 * r['dask_overhead']:8.1f}% {100 * r['dask_sync_overhead']:8.1f}% "
-            f"{100 * r['dask_zarr_overhead']:8.1f}% {r['max_rel_diff']:12.1e}"
+            f"{r['kernel']:7} {r['n']:6d} {r['block']:6d} {r['in_memory_s']:9.3f} {secs} {ovh} "
+            f"{r['max_rel_diff']:12.1e}"
         )
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(rows, indent=1))

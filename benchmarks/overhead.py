@@ -12,6 +12,8 @@ Measures, on the kernels-only part of a preset (the paper's: 9 kernels, n_obs = 
                Prefect home that exists (its database made first, timed on its own: once per
                machine)
   no-op rerun  the same command again, with nothing to compute
+  storage floor  one trial's Grams written as plain files and hashed, no Zarr: the least any
+               store of them costs
   split        one trial in one process, profiled: science (kernel evaluation, solves, data
                simulation), storage (Zarr, the store, hashing, JSON) and the rest of the trial
                (items, leases, records); orchestration per trial is the flow's wall time per
@@ -106,6 +108,39 @@ def _split(preset: str, trials: int, tmp: str) -> dict:
     return {"wall": wall, "science": science, "storage": storage}
 
 
+def _storage_floor(preset: str, trials: int, tmp: str) -> dict:
+    """What storing one trial's Grams costs at the least: their bytes written as plain files
+    (one write per array, no Zarr, no metadata) and hashed once (SHA-256), best of 3 rounds;
+    against the science of the same Grams (their evaluation and solves)."""
+    import hashlib
+    import shutil
+
+    from ntkflow import krr
+    from ntkflow.data import simulate
+    from ntkflow.kernels import kernel
+
+    cfg = _config(preset, trials)
+    d = simulate(cfg, 1)
+    xtr, xte = d.x[d.train], d.x[d.test]
+    arrays = []
+    for name in cfg.gram_kernels:
+        kern = kernel(name, formulas=cfg.formulas)
+        arrays += [kern(xtr), kern(xte, xtr)]
+        krr.predict(arrays[-1], arrays[-2], d.y[d.train], ridge=cfg.krr.ridge)
+    best = float("inf")
+    for _ in range(3):
+        folder = Path(tmp) / "storage-floor"
+        folder.mkdir()
+        t0 = time.perf_counter()
+        for i, a in enumerate(arrays):
+            with open(folder / str(i), "wb") as f:
+                f.write(memoryview(a))
+            hashlib.sha256(memoryview(a)).hexdigest()
+        best = min(best, time.perf_counter() - t0)
+        shutil.rmtree(folder)
+    return {"seconds": best, "bytes": sum(a.nbytes for a in arrays)}
+
+
 def _command(preset: str, trials: int, workers: int, out: str, home: str) -> tuple[float, str]:
     env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
@@ -163,6 +198,7 @@ def main() -> None:
         pool_each = list(pool.map(_trial_one, [(a.preset, n, k, f"{tmp}/pool") for k in range(n)]))
         pool_wall = time.perf_counter() - t0
         split = _split(a.preset, n, tmp)
+        storage_floor = _storage_floor(a.preset, n, tmp)
         home = f"{tmp}/prefect-home"
         home_wall = _new_home(home)  # once per machine: a user's Prefect home exists
         flow_wall, _ = _command(a.preset, n, w, f"{tmp}/runs", home)
@@ -189,6 +225,10 @@ def main() -> None:
             "storage_share_of_science": split["storage"] / science,
             "overhead_share_of_science": (split["wall"] - science + orchestration) / science,
         },
+        "storage_floor": {
+            **storage_floor,
+            "share_of_science": storage_floor["seconds"] / science,
+        },
         "noop_rerun_log_tail": noop_log[-600:],
         "cpu_count": os.cpu_count(),
     }
@@ -201,6 +241,11 @@ def main() -> None:
         ("one trial in one process", f"{split['wall']:.3f} s"),
         ("  science", f"{science:.3f} s"),
         ("  storage", f"{split['storage']:.3f} s ({split['storage'] / science:.0%} of science)"),
+        (
+            "  storage floor (plain files + SHA-256)",
+            f"{storage_floor['seconds']:.3f} s for {storage_floor['bytes'] / 1e6:.0f} MB "
+            f"({storage_floor['seconds'] / science:.0%} of science)",
+        ),
         ("  rest of the trial (items, leases)", f"{rest:.3f} s"),
         ("  orchestration (flow, per trial)", f"{orchestration:.3f} s"),
         (
