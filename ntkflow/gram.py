@@ -41,6 +41,11 @@ def _edges(n: int, block: int) -> list[slice]:
     return [slice(i, min(i + b, n)) for i in range(0, n, b)]
 
 
+def one_block(n_train: int, n_test: int, block: int) -> bool:
+    """Whether the Grams of n_train and n_test points fit one chunk each (computed in memory)."""
+    return all(block_size(n, block) == n for n in (n_train, n_test))
+
+
 def gram_dask(k, x1, x2=None, block: int = 2048, threads: int | None = None) -> da.Array:
     """K(x1, x2) as a Dask array of chunks of at most ``block`` rows; x2=None exploits symmetry.
 
@@ -126,7 +131,7 @@ def write_gram(
     # compress (~15%) while compression costs more time than the write itself. Every chunk is
     # written (WRITE_ALL): Zarr's default first compares each chunk with the fill value to skip
     # empty ones, a scan as long as the write, and a Gram block is never empty.
-    if all(chunks[name] == s for name, s in shapes.items()):
+    if one_block(len(xtr), len(xte), block):
         host = {
             "train_train": np.ascontiguousarray(_to_host(k(xtr)), dtype="<f8"),
             "test_train": np.ascontiguousarray(_to_host(k(xte, xtr)), dtype="<f8"),

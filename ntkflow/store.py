@@ -81,6 +81,20 @@ class Store:
         else:
             self.fs.pipe_file(target, data)
 
+    def write_folder(self, rel: str, files: dict[str, bytes]) -> None:
+        """Write ``files`` (path under ``rel`` → bytes) into the folder ``rel``, which has a
+        unique temporary name until :meth:`commit_dir` (so no file needs its own atomic write):
+        plain writes on a filesystem, one batch of PUTs on an object store."""
+        base = self.path(rel)
+        if not self.local:
+            self.fs.pipe({f"{base}/{name}": data for name, data in files.items()})
+            return
+        for name, data in files.items():
+            path = f"{base}/{name}"
+            os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())
 

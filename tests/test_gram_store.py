@@ -144,3 +144,37 @@ def test_one_block_and_blockwise_writes_agree(tmp_path, name):
     np.testing.assert_allclose(te2, te1, rtol=1e-13, atol=1e-15)
     assert one["sha256"]["train_train"] == gram.checksum(tt1, tt1.shape)
     assert one["block"] == 64 and many["block"] == 16 and kept and one["complete"]
+
+
+@pytest.mark.parametrize("root", ["local", "memory://ntkflow-small", "s3"])
+def test_a_small_group_is_written_with_zarrs_own_bytes(tmp_path, root, request):
+    """A group that fits in memory (a one-block Gram; data, with Zarr's default compressor) is
+    encoded by Zarr into a memory store and written out in one pass: the same files, byte for
+    byte, as Zarr writing into the store itself, and it reads back verified."""
+    import zarr
+
+    from ntkflow.trial.data import write_group
+
+    store = _store(root, tmp_path, request)
+    k, x = kernel("NTKB2"), _x(50)
+
+    def a_gram(zstore):
+        return gram.write_gram(zstore, k, x, np.arange(35), np.arange(35, 50), block=64)
+
+    def data(zstore):
+        group = zarr.open_group(zstore, mode="w", attributes={"complete": True, "seed": 3})
+        for name, a in {"x": x, "train": np.arange(35), "y": x[:, 0] ** 2}.items():
+            group.create_array(name, data=a)
+
+    for name, fill in [("K.zarr", a_gram), ("data.zarr", data)]:
+        write_group(store, f"zarr/{name}", fill)
+        write_group(store, f"memory/{name}", fill, small=True)
+        files = store.files(f"zarr/{name}")
+        assert files == store.files(f"memory/{name}") and "zarr.json" in files
+        for f in files:
+            assert store.read_bytes(f"memory/{name}/{f}") == store.read_bytes(f"zarr/{name}/{f}")
+    assert sorted(store.listdir("memory")) == ["K.zarr", "data.zarr"]  # no temporary folder left
+    tt, te, attrs = gram.read_gram(store.zarr_store("memory/K.zarr", read_only=True))
+    np.testing.assert_array_equal(tt, k(x[:35]))
+    np.testing.assert_array_equal(te, k(x[35:], x[:35]))
+    assert attrs["complete"]

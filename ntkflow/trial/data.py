@@ -6,6 +6,7 @@ import hashlib
 
 import numpy as np
 import zarr
+import zarr.storage
 
 from ntkflow.data import TrialData, simulate
 from ntkflow.gram import CorruptArtifact
@@ -25,12 +26,21 @@ def data_digest(arrays: dict) -> str:
     return h.hexdigest()
 
 
-def write_group(store: Store, rel: str, fill):
+def write_group(store: Store, rel: str, fill, small: bool = False):
     """Write a Zarr group under a unique temporary name with ``fill(zarr_store)``, then commit
-    it to ``rel`` atomically: a half-written or foreign group never sits at ``rel``."""
+    it to ``rel`` atomically: a half-written or foreign group never sits at ``rel``.
+
+    ``small``: the group fits in memory (data, a Gram of one block). Zarr then writes it into a
+    memory store, whose files (the same bytes, encoded by Zarr) are written out in one pass:
+    Zarr's store calls, one per metadata document and chunk, cost more than the bytes."""
     tmp = store.temp_name(rel)
     try:
-        out = fill(store.zarr_store(tmp))
+        if small:
+            files: dict = {}
+            out = fill(zarr.storage.MemoryStore(files))
+            store.write_folder(tmp, {key: buf.to_bytes() for key, buf in files.items()})
+        else:
+            out = fill(store.zarr_store(tmp))
         store.commit_dir(tmp, rel)
     finally:
         store.remove(tmp)
@@ -90,7 +100,7 @@ class DataItem(Item):
             for name, a in arrays.items():
                 group.create_array(name, data=a)
 
-        write_group(t.store, t.path("data.zarr"), fill)
+        write_group(t.store, t.path("data.zarr"), fill, small=True)
         t.data = TrialData(**arrays, info=info)
         return t.data
 

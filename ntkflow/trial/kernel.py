@@ -56,6 +56,7 @@ class GramItem(Item):
         kern = kernel(self.name, formulas=self.cfg.formulas)
         x = compute.to_device(d.x)
         own = {"key": self.key(), "data_sha256": t.data_sha}
+        block = self.cfg.compute.gram_block
         return write_group(
             t.store,
             self.rel,
@@ -65,11 +66,12 @@ class GramItem(Item):
                 x,
                 d.train,
                 d.test,
-                block=self.cfg.compute.gram_block,
+                block=block,
                 scheduler=t.scheduler,
                 extra_attrs=own,
                 keep=self.arrays,
             ),
+            small=gram.one_block(len(d.train), len(d.test), block),
         )
 
 
