@@ -38,6 +38,7 @@ bench: venv
 	$(BIN)/python benchmarks/trial_large.py
 	$(BIN)/python benchmarks/train_step.py --steps 50
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/prefect_floor.py
 	$(BIN)/python benchmarks/cluster_paths.py
 
 lint: venv
