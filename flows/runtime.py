@@ -193,6 +193,30 @@ def dask_client():
     return client
 
 
+@contextlib.contextmanager
+def settings_serialized_once():
+    """Within: Prefect's settings context is serialized once, not for every task submitted.
+
+    The Dask task runner ships the caller's context with each task (``serialize_context``), and
+    serializing the settings renders the secrets of the whole settings tree: about 0.1 s per
+    task in this process, ~70% of a submission (benchmarks/prefect_floor.py). The settings of
+    a flow run do not change while it runs, so the same serialized settings go to every task.
+    """
+    from prefect.context import SettingsContext
+
+    class SerializedOnce(SettingsContext):
+        def serialize(self, include_secrets: bool = True) -> dict:
+            key = f"_serialized_{include_secrets}"
+            if key not in cache:
+                cache[key] = super().serialize(include_secrets=include_secrets)
+            return dict(cache[key])
+
+    cache: dict = {}
+    ctx = SettingsContext.get()
+    with SerializedOnce(profile=ctx.profile, settings=ctx.settings):
+        yield
+
+
 def task_runner_at(address: str):
     """The Dask task runner of a flow run on the cluster already started at ``address``."""
     from prefect_dask import DaskTaskRunner
