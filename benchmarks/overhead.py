@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import os
 import pstats
 import subprocess
@@ -35,6 +34,8 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from bench_io import print_and_save
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -253,12 +254,12 @@ def main() -> None:
             f"{out['per_trial']['overhead_share_of_science']:.0%} of science",
         ),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"{a.preset} --kernels-only, {n} trials, {w} workers, {os.cpu_count()} cores")
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=1))
+    print_and_save(
+        f"{a.preset} --kernels-only, {n} trials, {w} workers, {os.cpu_count()} cores",
+        rows,
+        out,
+        a.json,
+    )
 
 
 if __name__ == "__main__":

@@ -18,10 +18,11 @@ trial's science in benchmarks/overhead.py. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
+
+from bench_io import print_and_save
 
 HERE = Path(__file__).resolve().parent
 
@@ -98,12 +99,12 @@ def main() -> None:
         ("  the whole no-op flow", f"{once_flow_s:.2f} s"),
         (f"  submitting the {a.tasks} tasks", f"{once_submitted:.2f} s"),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"{a.tasks} tasks, {a.workers} workers, {os.cpu_count()} cores")
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=1))
+    print_and_save(
+        f"{a.tasks} tasks, {a.workers} workers, {os.cpu_count()} cores",
+        rows,
+        out,
+        a.json,
+    )
 
 
 if __name__ == "__main__":
