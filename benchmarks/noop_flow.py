@@ -16,19 +16,19 @@ def noop_task(cfg, out: str, k: int) -> dict:
 
 
 @flow(name="noop")
-def noop_flow(cfg, out: str, n: int, settings_once: bool = False) -> tuple[float, list[float]]:
+def noop_flow(cfg, out: str, n: int, lean: bool = False) -> tuple[float, list[float]]:
     """Submits n no-op tasks; returns the seconds the submissions took, and the seconds from the
     first submission to each task's end, in the order they were seen ending (from the moment
-    all are submitted). ``settings_once``: submitted as the trials flow submits (Prefect's
-    settings serialized once, flows.runtime.settings_serialized_once)."""
+    all are submitted). ``lean``: submitted as the trials flow submits
+    (flows.runtime.lean_tasks: the settings shipped as they are, the task runs untagged)."""
     import contextlib
 
     from prefect.futures import as_completed
 
-    from flows.runtime import settings_serialized_once
+    from flows.runtime import lean_tasks
 
     t0 = time.perf_counter()
-    with settings_serialized_once() if settings_once else contextlib.nullcontext():
+    with lean_tasks() if lean else contextlib.nullcontext():
         futures = [noop_task.submit(cfg, out, k) for k in range(n)]
     submitted, ends = time.perf_counter() - t0, []
     for f in as_completed(futures):

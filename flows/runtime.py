@@ -156,9 +156,19 @@ class PrefectAPIPlugin(WorkerPlugin):
         os.environ["PREFECT_API_URL"] = self.api_url
 
 
+class AllocatorPlugin(WorkerPlugin):
+    """Dask worker plugin: large arrays reuse freed memory (:func:`compute.reuse_freed_memory`),
+    also in workers that join later."""
+
+    name = "ntkflow-allocator"
+
+    def setup(self, worker) -> None:
+        compute.reuse_freed_memory()
+
+
 def prepare_workers(client, api_url: str | None) -> int:
-    """Export the run's Prefect API URL into every worker, also those joining later; returns
-    the number of workers connected now.
+    """Export the run's Prefect API URL into every worker, also those joining later, and let
+    their allocator reuse freed memory; returns the number of workers connected now.
 
     Workers started elsewhere (by hand, Slurm, Kubernetes) do not inherit this process's
     environment; without the URL each one would start a private ephemeral Prefect server and
@@ -166,6 +176,7 @@ def prepare_workers(client, api_url: str | None) -> int:
     workers on this machine only: for workers elsewhere, run `prefect server start` and set
     PREFECT_API_URL everywhere.
     """
+    client.register_plugin(AllocatorPlugin())
     if api_url:
         client.register_plugin(PrefectAPIPlugin(api_url))
     return len(compute.worker_resources(client))
@@ -194,26 +205,33 @@ def dask_client():
 
 
 @contextlib.contextmanager
-def settings_serialized_once():
-    """Within: Prefect's settings context is serialized once, not for every task submitted.
+def lean_tasks():
+    """Within: each task submitted ships the least Prefect needs, and the least to unpack.
 
-    The Dask task runner ships the caller's context with each task (``serialize_context``), and
-    serializing the settings renders the secrets of the whole settings tree: about 0.1 s per
-    task in this process, ~70% of a submission (benchmarks/prefect_floor.py). The settings of
-    a flow run do not change while it runs, so the same serialized settings go to every task.
+    Measured per task on 2 cores, with the embedded API serving 2 busy workers
+    (benchmarks/prefect_floor.py, and a sampling profile of a worker in ``ntkflow run``):
+
+    - **Settings.** The Dask task runner ships the caller's context with each task. Prefect
+      renders its settings to a dict for every task (secrets included, over the whole
+      settings tree: ~0.1 s in this process), and the worker validates that dict back into
+      settings, reading the environment and the profile files again for each of ~45 sections
+      (~0.15 s). The settings of a flow run do not change while it runs, so every task gets
+      the flow's own settings object, which unpickles as it is.
+    - **Tags.** Prefect asks the API for tag concurrency slots before every *tagged* task run:
+      one blocking call per task (~0.19 s with the embedded API busy), even where no limit
+      exists. So task runs carry no tags; the flow runs keep theirs (run id, preset, formulas:
+      ``flows.experiment.run_tags``), and the UI finds a run's tasks through its flow run.
     """
-    from prefect.context import SettingsContext
+    from prefect.context import SettingsContext, TagsContext
 
-    class SerializedOnce(SettingsContext):
+    class Shipped(SettingsContext):
         def serialize(self, include_secrets: bool = True) -> dict:
-            key = f"_serialized_{include_secrets}"
-            if key not in cache:
-                cache[key] = super().serialize(include_secrets=include_secrets)
-            return dict(cache[key])
+            if not include_secrets:  # rendered, for whoever asks for it without secrets
+                return super().serialize(include_secrets=False)
+            return {"profile": self.profile, "settings": self.settings}
 
-    cache: dict = {}
     ctx = SettingsContext.get()
-    with SerializedOnce(profile=ctx.profile, settings=ctx.settings):
+    with Shipped(profile=ctx.profile, settings=ctx.settings), TagsContext(current_tags=set()):
         yield
 
 

@@ -187,7 +187,7 @@ def run_trials(
     progress = Progress(cfg, out, cfg.trials - len(todo), log)
     if train_resources is None and todo and network_specs(cfg):
         train_resources = runtime.train_resources(runtime.dask_client(), None)
-    with runtime.settings_serialized_once():  # not once per task submitted
+    with runtime.lean_tasks():  # settings shipped as they are, task runs untagged
         TrialSteps(cfg, out, versions, train_resources or {}, progress).run(todo)
 
     run_info = {"prefect_api": os.environ.get("PREFECT_API_URL"), "flow_runs": flow_runs(store)}

@@ -80,6 +80,39 @@ def worker_env(threads_per_worker: int) -> dict[str, str]:
     return {v: str(threads_per_worker) for v in _THREAD_VARS}
 
 
+# A worker's allocator (glibc): blocks up to 32 MiB (every Gram tile and temporary of a paper
+# trial) come from the heap and are reused once freed; the heap is trimmed back to the system
+# when 64 MiB at its top are free. These are the values glibc's own adaptive thresholds reach.
+MMAP_THRESHOLD = 32 * 2**20
+TRIM_THRESHOLD = 64 * 2**20
+
+
+def reuse_freed_memory() -> bool:
+    """Set this process's malloc thresholds (glibc only; False elsewhere, changing nothing).
+
+    Dask's nanny exports ``MALLOC_TRIM_THRESHOLD_=65536`` to every worker it spawns
+    (``distributed.nanny.pre-spawn-environ``). Setting any threshold turns off glibc's adaptive
+    mmap threshold, so every NumPy temporary over 128 KiB is a fresh ``mmap``, faulted in page
+    by page and unmapped when freed: a paper trial then takes 1.8x the CPU it takes in a plain
+    process (benchmarks/overhead.py). Fixed thresholds at the adaptive ones' ceiling restore
+    the reuse, on workers of any cluster (they may be started by ``dask worker`` elsewhere).
+    """
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(
+        mallopt(m_mmap_threshold, MMAP_THRESHOLD) and mallopt(m_trim_threshold, TRIM_THRESHOLD)
+    )
+
+
 def available_cpus() -> int:
     """CPUs this process may run on: its affinity mask (Slurm, cgroups, taskset), not the host's."""
     try:

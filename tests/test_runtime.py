@@ -2,28 +2,45 @@
 
 from __future__ import annotations
 
-from prefect.context import SettingsContext, serialize_context
+import pickle
 
-from flows.runtime import settings_serialized_once
+from prefect import tags
+from prefect.context import SettingsContext, TagsContext, hydrated_context, serialize_context
+from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+from flows.runtime import lean_tasks
 
 
-def test_settings_serialized_once_ship_what_prefect_would_serialize(monkeypatch):
-    """Inside, every task is shipped the settings Prefect itself would serialize (the same
-    dict, computed once), and mutating one shipped copy does not reach the next; outside, the
-    caller's settings context is back."""
+def test_lean_tasks_ship_the_flows_settings_and_no_tags(monkeypatch):
+    """Inside, a task is shipped the caller's settings themselves (Prefect's rendering of them
+    never runs) and no tags; a worker unpacking what was shipped (pickled, as Dask sends it)
+    gets settings equal to the caller's, field by field, secrets included. Outside, the
+    caller's settings and tags are back."""
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # never called
+        _lean_tasks_ship(monkeypatch)
+
+
+def _lean_tasks_ship(monkeypatch):
     before = SettingsContext.get()
-    plain = serialize_context()["settings_context"]
-    calls = []
+    rendered = []
     prefects = SettingsContext.serialize
     monkeypatch.setattr(
-        SettingsContext, "serialize", lambda self, **kw: calls.append(1) or prefects(self, **kw)
+        SettingsContext, "serialize", lambda self, **kw: rendered.append(1) or prefects(self, **kw)
     )
-    with settings_serialized_once():
-        inside = SettingsContext.get()
-        assert inside is not before and inside.settings is before.settings
-        first = serialize_context()["settings_context"]
-        first["profile"] = "changed by a caller"
-        second = serialize_context()["settings_context"]
-    assert second == plain and first != plain
-    assert len(calls) == 1  # Prefect's own serialization ran once for both tasks
+    with tags("run:abc"):
+        with lean_tasks():
+            shipped = pickle.loads(pickle.dumps(serialize_context()))
+            assert TagsContext.get().current_tags == set()
+            without_secrets = SettingsContext.get().serialize(include_secrets=False)
+        assert TagsContext.get().current_tags == {"run:abc"}
+    assert rendered == [1]  # only for the caller that asked without secrets
+    assert isinstance(without_secrets["settings"], dict)
+    assert shipped["tags_context"]["current_tags"] == set()
+    with hydrated_context(shipped):
+        unpacked = get_current_settings()
+        assert unpacked is not before.settings  # a copy, as a worker process gets it
+        assert unpacked.model_dump(context={"include_secrets": True}) == before.settings.model_dump(
+            context={"include_secrets": True}
+        )
+        assert SettingsContext.get().profile == before.profile
     assert SettingsContext.get() is before
