@@ -41,7 +41,11 @@ class EmbeddedAPI:
         return subprocess.Popen([sys.executable, "-m", "uvicorn", *args], env=env)
 
     def wait(self, timeout: float = STARTUP_TIMEOUT) -> None:
-        """Until the server answers /health; RuntimeError if it exits or times out."""
+        """Until the server answers /health; RuntimeError if it exits or times out. Until
+        then, whatever else answers on its port (a process that took the port first, speaking
+        another protocol) is no answer: the server then exits with "address in use" and is
+        started on another port."""
+        import http.client
         import time
         import urllib.request
 
@@ -59,7 +63,7 @@ class EmbeddedAPI:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=5) as r:
                     if r.status == 200:
                         return
-            except OSError:
+            except (OSError, http.client.HTTPException):
                 pass
             if time.monotonic() > deadline:
                 self.stop()

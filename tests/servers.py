@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import http.client
 import json
 import os
 import shutil
@@ -173,35 +174,47 @@ def prefect_server(
     workdir: Path, database_url: str | None = None, timeout: float = 300, ui: bool = False
 ):
     """`prefect server start` on a free port (SQLite in its own PREFECT_HOME unless a database
-    URL is given; with its UI if ``ui``); yields the API URL."""
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    extra = {"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {}
-    if ui:  # the browser's UI calls this API
-        extra.update(PREFECT_UI_ENABLED="true", PREFECT_UI_API_URL=api)
-    env = base_env(workdir / "server-home", **extra)
-    log = open(workdir / "server.log", "w")
-    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        _wait_http(f"{api}/health", proc, log, workdir / "server.log", timeout, "prefect server")
-        yield api
-    finally:
-        stop(proc)
-        log.close()
+    URL is given; with its UI if ``ui``); yields the API URL.
+
+    A port found free can be taken before the server binds it (by a Dask process of a test
+    running alongside): the server then exits, and it is started again on another port."""
+    for attempt in range(3):
+        port = free_port()
+        api = f"http://127.0.0.1:{port}/api"
+        extra = {"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {}
+        if ui:  # the browser's UI calls this API
+            extra.update(PREFECT_UI_ENABLED="true", PREFECT_UI_API_URL=api)
+        env = base_env(workdir / "server-home", **extra)
+        log_path = workdir / "server.log"
+        log = open(log_path, "w")
+        cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            try:
+                _wait_http(f"{api}/health", proc, log, log_path, timeout, "prefect server")
+            except RuntimeError:
+                if attempt < 2 and "already in use" in log_path.read_text():
+                    continue  # to the next port (finally: stopped and closed)
+                raise
+            yield api
+            return
+        finally:
+            stop(proc)
+            log.close()
 
 
 def _wait_http(url, proc, log, log_path: Path, timeout: float, name: str, interval=1.0):
     """Wait until ``url`` answers; RuntimeError with the log's tail if ``proc`` dies first or
-    ``timeout`` seconds pass."""
+    ``timeout`` seconds pass. An answer that is not HTTP (another program on the port) is no
+    answer."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             urllib.request.urlopen(url, timeout=2)
             return
-        except OSError:
+        except (OSError, http.client.HTTPException):
             if proc.poll() is not None or time.monotonic() > deadline:
                 log.flush()
                 raise RuntimeError(

@@ -1,13 +1,17 @@
-"""flows.runtime helpers that need no server."""
+"""flows.runtime helpers: what tasks are shipped with, and the embedded API's start."""
 
 from __future__ import annotations
 
 import pickle
+import socket
+import threading
+import urllib.request
 
 from prefect import tags
 from prefect.context import SettingsContext, TagsContext, hydrated_context, serialize_context
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
+from flows import runtime
 from flows.runtime import lean_tasks
 
 
@@ -44,3 +48,37 @@ def _lean_tasks_ship(monkeypatch):
         )
         assert SettingsContext.get().profile == before.profile
     assert SettingsContext.get() is before
+
+
+def test_the_embedded_api_starts_on_another_port_when_its_port_is_taken(prefect_home, monkeypatch):
+    """Between finding a free port and binding it, another process (a Dask worker of a run
+    alongside) may take it and answer /health in its own protocol: that is no answer, and the
+    server, unable to bind, is started again on another port."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+
+    def speak_dask():  # what a Dask comm sends first: not HTTP
+        while True:
+            try:
+                conn, _ = taken.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"\x00\x00compression python pickle-protocol\n")
+
+    threading.Thread(target=speak_dask, daemon=True).start()
+    ports = iter([taken.getsockname()[1]])
+    free = runtime._free_port
+    monkeypatch.setattr(runtime, "_free_port", lambda: next(ports, None) or free())
+    monkeypatch.setenv("PREFECT_HOME", str(prefect_home))
+    monkeypatch.setenv("PREFECT_API_URL", "")  # wait() exports the new port's URL
+    server = runtime.EmbeddedAPI()
+    try:
+        server.wait(timeout=300)
+        assert server.port != taken.getsockname()[1]
+        with urllib.request.urlopen(f"{server.url}/health", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        server.stop()
+        taken.close()
