@@ -93,8 +93,9 @@ def reuse_freed_memory() -> bool:
     Dask's nanny exports ``MALLOC_TRIM_THRESHOLD_=65536`` to every worker it spawns
     (``distributed.nanny.pre-spawn-environ``). Setting any threshold turns off glibc's adaptive
     mmap threshold, so every NumPy temporary over 128 KiB is a fresh ``mmap``, faulted in page
-    by page and unmapped when freed: a paper trial then takes 1.8x the CPU it takes in a plain
-    process (benchmarks/overhead.py). Fixed thresholds at the adaptive ones' ceiling restore
+    by page and unmapped when freed: a paper trial in a plain process with only that variable
+    set took 1.8x its CPU (1.21 s vs 0.67 s; README, Benchmarks). Fixed thresholds at the
+    adaptive ones' ceiling restore
     the reuse, on workers of any cluster (they may be started by ``dask worker`` elsewhere).
     """
     import ctypes
