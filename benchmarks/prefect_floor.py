@@ -28,6 +28,11 @@ from bench_io import print_and_save
 HERE = Path(__file__).resolve().parent
 
 
+def _steady(ends: list[float], workers: int) -> float:
+    """Seconds per task and worker after the first task seen ending."""
+    return (ends[-1] - ends[0]) * workers / (len(ends) - 1) if len(ends) > 1 else 0.0
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tasks", type=int, default=50)
@@ -71,9 +76,8 @@ def main() -> None:
                     runs[lean].append((time.perf_counter() - t0, submitted, ends))
     flow_s, submitted, ends = min(runs[False], key=lambda r: r[0])
     lean_flow_s, lean_submitted, lean_ends = min(runs[True], key=lambda r: r[0])
-    lean_steady = (lean_ends[-1] - lean_ends[0]) * a.workers / max(1, len(lean_ends) - 1)
     tasks_s = ends[-1]
-    steady = (ends[-1] - ends[0]) * a.workers / (len(ends) - 1) if len(ends) > 1 else 0.0
+    steady, lean_steady = _steady(ends, a.workers), _steady(lean_ends, a.workers)
     out = {
         "tasks": a.tasks,
         "workers": a.workers,
