@@ -88,8 +88,10 @@ def _int_list(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ntkflow.compute import exit_without_collecting
     from ntkflow.preflight import PlaceError
 
+    exit_without_collecting()
     args = _parser().parse_args(argv)
     try:
         commands = {"run": cmd_run, "sweep": cmd_run, "report": cmd_report, "verify": cmd_verify}
@@ -182,6 +184,9 @@ def cmd_run(args) -> int:
         from flows.experiment import experiment, run_name, run_tags
 
         if embedded:
+            from ntkflow.report import import_summary_modules
+
+            import_summary_modules()  # for the aggregation at the end, while the server boots
             server.wait()
             api = server.url
         print(f"ntkflow: Prefect API {api}{' (embedded)' if embedded else ''}", file=sys.stderr)

@@ -38,7 +38,7 @@ class EmbeddedAPI:
         }
         args = ["--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1"]
         args += ["--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
-        return subprocess.Popen([sys.executable, "-m", "uvicorn", *args], env=env)
+        return subprocess.Popen([sys.executable, "-c", _UVICORN, *args], env=env)
 
     def wait(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """Until the server answers /health; RuntimeError if it exits or times out. Until
@@ -79,6 +79,15 @@ class EmbeddedAPI:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+# ``python -m uvicorn`` that exits without its last garbage collections (the server is stopped
+# at the end of every run, and waited for)
+_UVICORN = (
+    "import runpy, sys; from ntkflow.compute import exit_without_collecting; "
+    "exit_without_collecting(); sys.argv[0] = 'uvicorn'; "
+    "runpy.run_module('uvicorn', run_name='__main__', alter_sys=True)"
+)
 
 
 def _free_port() -> int:
@@ -161,13 +170,15 @@ class PrefectAPIPlugin(WorkerPlugin):
 
 
 class AllocatorPlugin(WorkerPlugin):
-    """Dask worker plugin: large arrays reuse freed memory (:func:`compute.reuse_freed_memory`),
-    also in workers that join later."""
+    """Dask worker plugin: large arrays reuse freed memory (:func:`compute.reuse_freed_memory`)
+    and the process exits without its last garbage collections
+    (:func:`compute.exit_without_collecting`), also in workers that join later."""
 
     name = "ntkflow-allocator"
 
     def setup(self, worker) -> None:
         compute.reuse_freed_memory()
+        compute.exit_without_collecting()
 
 
 def prepare_workers(client, api_url: str | None) -> int:

@@ -13,14 +13,9 @@ from ntkflow.store import Store
 
 
 def boxplot_png(df: pd.DataFrame, methods: list[str], formulas: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ok = df[df.status == "ok"]
     data = [ok.loc[ok.method == m, "rmse"].to_numpy() for m in methods]
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(methods)), 4), dpi=110)
+    fig, (ax,) = _figure(1, (max(6, 0.8 * len(methods)), 4))
     ax.boxplot(data, tick_labels=methods, showmeans=True)
     ax.set_ylabel("test RMSE")
     n = ok.trial.nunique()
@@ -35,18 +30,12 @@ def write_theory_figures(cfg: Config, df: pd.DataFrame, summary: dict, store: St
     of a sweep); sweep.png: the gap to each LIN predictor against each varied setting."""
     if not summary.get("theory"):
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ok = df[df.status == "ok"]
     widest = {}
     for s in network_specs(cfg):
         if s.depth not in widest or s.width > widest[s.depth].width:
             widest[s.depth] = s
-    fig, axes = plt.subplots(1, len(widest), figsize=(4.6 * len(widest), 4.2), dpi=110)
-    axes = np.atleast_1d(axes)
+    fig, axes = _figure(len(widest), (4.6 * len(widest), 4.2))
     for ax, s in zip(axes, widest.values(), strict=True):
         nn = ok[ok.method == s.name].set_index("trial")["rmse"]
         lo, hi = np.inf, -np.inf
@@ -73,14 +62,10 @@ def write_theory_figures(cfg: Config, df: pd.DataFrame, summary: dict, store: St
 def sweep_png(sweep: dict) -> bytes:
     """One panel per varied setting: the gap NN ↔ each LIN predictor against its values (mean
     ± SE over trials), one line per network and predictor; log axes for scales."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, axes = plt.subplots(1, len(sweep), figsize=(5.2 * len(sweep), 4.4), dpi=110)
-    for ax, (key, panel) in zip(np.atleast_1d(axes), sweep.items(), strict=True):
+    fig, axes = _figure(len(sweep), (5.2 * len(sweep), 4.4))
+    for ax, (key, panel) in zip(axes, sweep.items(), strict=True):
         numeric = True
         for label, line in panel["lines"].items():
             values = line["values"]
@@ -106,10 +91,17 @@ def sweep_png(sweep: dict) -> bytes:
     return _png(fig)
 
 
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
+def _figure(panels: int, size: tuple[float, float]):
+    """A figure of ``panels`` axes side by side (an array of them). A plain ``Figure``, not
+    pyplot: no global figure manager to close, no backend to select, and a second less of
+    imports in the aggregation."""
+    from matplotlib.figure import Figure
 
+    fig = Figure(figsize=size, dpi=110)
+    return fig, np.atleast_1d(fig.subplots(1, panels))
+
+
+def _png(fig) -> bytes:
     out = io.BytesIO()
-    fig.savefig(out, format="png")
-    plt.close(fig)
+    fig.savefig(out, format="png")  # the Agg canvas, chosen by the format
     return out.getvalue()

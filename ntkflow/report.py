@@ -133,6 +133,16 @@ def collect(
     return pd.DataFrame(rows), failed, stale, results
 
 
+def import_summary_modules() -> None:
+    """Import what :func:`aggregate` needs (pandas, pyarrow's Parquet, matplotlib's Figure,
+    SciPy's special functions: seconds of CPU), for a process with a core to spare now, such as
+    ``ntkflow run`` while its embedded Prefect server boots."""
+    import matplotlib.figure  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+    from ntkflow import figures, markdown, stats, verdict  # noqa: F401
+
+
 def aggregate(cfg: Config, store: Store, run_info: dict | None = None, deep=False) -> dict:
     """Write results.parquet, summary.json, boxplot.png and report.md; return the summary."""
     from ntkflow import figures, markdown, stats

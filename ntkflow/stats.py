@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pandas as pd
-from scipy import stats as st
+from scipy.special import stdtrit  # Student's t quantile: t.ppf(q, df) == stdtrit(df, q)
 
 from ntkflow.names import SCALE_KEYS, THEORY_VARIANTS, parse_method, same_point, sweep_tag
 
@@ -38,7 +38,7 @@ def paired_difference(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> dict
     out = {"n": n, "mean_diff": float(d.mean()) if n else float("nan")}
     if n > 1:
         se = d.std(ddof=1) / np.sqrt(n)
-        half = float(st.t.ppf(0.5 + level / 2, n - 1) * se)
+        half = float(stdtrit(n - 1, 0.5 + level / 2) * se)
         out.update(ci_low=out["mean_diff"] - half, ci_high=out["mean_diff"] + half)
     else:
         out.update(ci_low=float("nan"), ci_high=float("nan"))
@@ -258,7 +258,7 @@ def width_slopes(df: pd.DataFrame, specs, varied=("width",), level: float = 0.95
             if len(slopes):
                 mean = float(np.mean(slopes))
                 half = (
-                    float(st.t.ppf(0.5 + level / 2, len(slopes) - 1) * np.std(slopes, ddof=1))
+                    float(stdtrit(len(slopes) - 1, 0.5 + level / 2) * np.std(slopes, ddof=1))
                     / np.sqrt(len(slopes))
                     if len(slopes) > 1
                     else float("nan")

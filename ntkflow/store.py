@@ -81,13 +81,14 @@ class Store:
         else:
             self.fs.pipe_file(target, data)
 
-    def write_folder(self, rel: str, files: dict[str, bytes]) -> None:
-        """Write ``files`` (path under ``rel`` → bytes) into the folder ``rel``, which has a
-        unique temporary name until :meth:`commit_dir` (so no file needs its own atomic write):
-        plain writes on a filesystem, one batch of PUTs on an object store."""
+    def write_folder(self, rel: str, files: dict) -> None:
+        """Write ``files`` (path under ``rel`` → bytes or any contiguous buffer, written without
+        a copy on a filesystem) into the folder ``rel``, which has a unique temporary name until
+        :meth:`commit_dir` (so no file needs its own atomic write): plain writes on a
+        filesystem, one batch of PUTs on an object store."""
         base = self.path(rel)
         if not self.local:
-            self.fs.pipe({f"{base}/{name}": data for name, data in files.items()})
+            self.fs.pipe({f"{base}/{name}": bytes(data) for name, data in files.items()})
             return
         for name, data in files.items():
             path = f"{base}/{name}"
@@ -176,6 +177,8 @@ class Store:
     def files(self, rel: str) -> dict[str, int]:
         """Every file under ``rel`` (relative path → size in bytes); {} if there is none."""
         base = self.path(rel)
+        if self.local:  # os.walk: a tenth of fsspec's find (a stat per entry, no info dicts)
+            return _local_files(base)
         try:
             found = self.fs.find(base, detail=True)
         except FileNotFoundError:
@@ -250,6 +253,19 @@ class Store:
         if self.local:
             return zarr.storage.LocalStore(self.path(rel), read_only=read_only)
         return zarr.storage.FsspecStore.from_url(self.url + "/" + rel, read_only=read_only)
+
+
+def _local_files(base: str) -> dict[str, int]:
+    if os.path.isfile(base):
+        return {"": os.path.getsize(base)}
+    out = {}
+    for folder, _, names in os.walk(base):
+        prefix = folder[len(base) :].strip("/")
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile (a lease, a commit)
+                size = os.stat(os.path.join(folder, name)).st_size
+                out[f"{prefix}/{name}" if prefix else name] = size
+    return out
 
 
 def _stamp(info: dict) -> float | None:

@@ -47,6 +47,22 @@ def test_local_cluster_workers_see_no_gpu_and_declare_none():
             compute.check_resources(client, {"GPU": 1})
 
 
+def test_a_process_exits_without_collecting_after_its_other_exit_handlers():
+    """exit_without_collecting: exit handlers registered later (Prefect's log and event queues)
+    still run first, on a collector that is not frozen; the freeze comes last, and the process
+    exits normally with everything it printed."""
+    code = (
+        "import atexit, gc\n"
+        "atexit.register(lambda: print('last', gc.get_freeze_count() > 0, flush=True))\n"
+        "from ntkflow.compute import exit_without_collecting\n"
+        "exit_without_collecting()\n"
+        "atexit.register(lambda: print('first', gc.get_freeze_count(), flush=True))\n"
+        "cycle = []; cycle.append(cycle)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.split() == ["first", "0", "last", "True"]
+
+
 def test_workers_reuse_freed_memory_for_large_arrays():
     """Dask's nanny starts each worker with MALLOC_TRIM_THRESHOLD_ set, so every large NumPy
     temporary is a fresh mmap, faulted in page by page (a paper trial took 1.8x its CPU); once

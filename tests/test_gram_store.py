@@ -146,6 +146,23 @@ def test_one_block_and_blockwise_writes_agree(tmp_path, name):
     assert one["block"] == 64 and many["block"] == 16 and kept and one["complete"]
 
 
+def test_a_one_block_gram_holds_the_files_zarr_itself_writes():
+    """A one-block Gram's chunks are stored as the arrays' own bytes, not through Zarr's codec
+    pipeline: file for file and byte for byte what Zarr's ``create_array(data=...)`` writes."""
+    import zarr
+    import zarr.storage
+
+    k, x = kernel("NTKB2"), _x(50)
+    ours, zarrs = {}, {}
+    attrs = gram.write_gram(zarr.storage.MemoryStore(ours), k, x, np.arange(35), np.arange(35, 50))
+    group = zarr.open_group(zarr.storage.MemoryStore(zarrs), mode="w", attributes=attrs)
+    for name, a in {"train_train": k(x[:35]), "test_train": k(x[35:], x[:35])}.items():
+        group.create_array(name, data=a, chunks=a.shape, compressors=None, config=gram.WRITE_ALL)
+    assert sorted(ours) == sorted(zarrs) and "train_train/c/0/0" in ours
+    for key in zarrs:
+        assert ours[key].to_bytes() == zarrs[key].to_bytes(), key
+
+
 @pytest.mark.parametrize("root", ["local", "memory://ntkflow-small", "s3"])
 def test_a_small_group_is_written_with_zarrs_own_bytes(tmp_path, root, request):
     """A group that fits in memory (a one-block Gram; data, with Zarr's default compressor) is

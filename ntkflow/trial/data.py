@@ -38,7 +38,7 @@ def write_group(store: Store, rel: str, fill, small: bool = False):
         if small:
             files: dict = {}
             out = fill(zarr.storage.MemoryStore(files))
-            store.write_folder(tmp, {key: buf.to_bytes() for key, buf in files.items()})
+            store.write_folder(tmp, {key: buf.as_numpy_array() for key, buf in files.items()})
         else:
             out = fill(store.zarr_store(tmp))
         store.commit_dir(tmp, rel)
