@@ -224,7 +224,7 @@ def lean_tasks():
     """Within: each task submitted ships the least Prefect needs, and the least to unpack.
 
     Measured per task on 2 cores, with the embedded API serving 2 busy workers
-    (benchmarks/prefect_floor.py, and a sampling profile of a worker in ``ntkflow run``):
+    (benchmarks/prefect_floor.py, and sampling profiles of a worker in ``ntkflow run``):
 
     - **Settings.** The Dask task runner ships the caller's context with each task. Prefect
       renders its settings to a dict for every task (secrets included, over the whole
@@ -232,12 +232,19 @@ def lean_tasks():
       settings, reading the environment and the profile files again for each of ~45 sections
       (~0.15 s). The settings of a flow run do not change while it runs, so every task gets
       the flow's own settings object, which unpickles as it is.
+    - **The flow run.** Likewise its context is shipped as the objects it holds (flow run,
+      parameters, result store), not dumped to dicts that each worker validates back (~0.09 s
+      per task). Validating the result store's storage block from its dict looks the block
+      class up by slug, which first imports every Prefect collection installed: ~2.3 s of
+      CPU in every worker where prefect-kubernetes is installed.
     - **Tags.** Prefect asks the API for tag concurrency slots before every *tagged* task run:
       one blocking call per task (~0.19 s with the embedded API busy), even where no limit
       exists. So task runs carry no tags; the flow runs keep theirs (run id, preset, formulas:
       ``flows.experiment.run_tags``), and the UI finds a run's tasks through its flow run.
+
+    Whoever asks for a serialization without secrets still gets Prefect's rendering.
     """
-    from prefect.context import SettingsContext, TagsContext
+    from prefect.context import EngineContext, SettingsContext, TagsContext
 
     class Shipped(SettingsContext):
         def serialize(self, include_secrets: bool = True) -> dict:
@@ -246,8 +253,49 @@ def lean_tasks():
             return {"profile": self.profile, "settings": self.settings}
 
     ctx = SettingsContext.get()
-    with Shipped(profile=ctx.profile, settings=ctx.settings), TagsContext(current_tags=set()):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(Shipped(profile=ctx.profile, settings=ctx.settings))
+        stack.enter_context(TagsContext(current_tags=set()))
+        run = EngineContext.get()
+        if run is not None:
+            stack.enter_context(_shipped_run(run))
         yield
+
+
+SHIPPED_RUN_FIELDS = (  # what Prefect's EngineContext.serialize ships, besides the result store
+    "flow_run",
+    "flow",
+    "parameters",
+    "log_prints",
+    "start_time",
+    "input_keyset",
+    "persist_result",
+)
+
+
+def _shipped_run(run):
+    """The flow run context ``run`` as a context that serializes to the objects it holds: the
+    same fields, the same objects (task counters, results, client and task runner shared)."""
+    from prefect._internal.result_records import ResultRecordMetadata
+    from prefect.context import EngineContext
+    from prefect.flows import Flow
+    from prefect.tasks import Task
+
+    class ShippedRun(EngineContext):
+        def serialize(self, include_secrets: bool = True) -> dict:
+            if not include_secrets:
+                return super().serialize(include_secrets=False)
+            out = {f: getattr(self, f) for f in SHIPPED_RUN_FIELDS if f in self.model_fields_set}
+            if self.result_store:
+                out["result_store"] = self.result_store
+            return out
+
+    # the forward references Prefect resolves the same way (prefect.context.hydrated_context)
+    ShippedRun.model_rebuild(
+        _types_namespace={"Flow": Flow, "Task": Task, "ResultRecordMetadata": ResultRecordMetadata}
+    )
+    fields = {f: getattr(run, f) for f in type(run).model_fields}
+    return ShippedRun.model_construct(_fields_set=set(run.model_fields_set), **fields)
 
 
 def task_runner_at(address: str):

@@ -82,3 +82,53 @@ def test_the_embedded_api_starts_on_another_port_when_its_port_is_taken(prefect_
     finally:
         server.stop()
         taken.close()
+
+
+def test_lean_tasks_ship_the_flow_run_as_the_objects_it_holds(prefect_home, monkeypatch):
+    """In a real flow run (embedded API): inside lean_tasks, the flow run context is one with
+    the same objects (task counters shared); what is shipped, pickled as Dask sends it, unpacks
+    in a fresh thread into the same flow run, parameters and result store without looking up
+    a block class (which imports every Prefect collection installed)."""
+    import cloudpickle
+    import prefect.blocks.core
+    from prefect import flow
+    from prefect.context import FlowRunContext
+
+    monkeypatch.setenv("PREFECT_HOME", str(prefect_home))
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    server = runtime.EmbeddedAPI()
+    monkeypatch.setenv("PREFECT_API_URL", server.url)
+
+    @flow
+    def a_flow(cfg: dict, k: int):
+        before = FlowRunContext.get()
+        with lean_tasks():
+            inside = FlowRunContext.get()
+            shipped = cloudpickle.dumps(serialize_context())  # as Dask sends it
+        assert FlowRunContext.get() is before
+        assert inside is not before and inside.task_run_dynamic_keys is before.task_run_dynamic_keys
+        return shipped, before.flow_run.id, before.result_store
+
+    try:
+        server.wait(timeout=300)
+        shipped, run_id, store = a_flow({"n_obs": 1000}, 3)
+    finally:
+        server.stop()
+    looked_up = []
+    lookup = prefect.blocks.core.load_prefect_collections
+    monkeypatch.setattr(
+        prefect.blocks.core, "load_prefect_collections", lambda: looked_up.append(1) or lookup()
+    )
+    unpacked = {}
+
+    def worker():  # no flow run here, as on a Dask worker
+        assert FlowRunContext.get() is None
+        with hydrated_context(pickle.loads(shipped)):
+            ctx = FlowRunContext.get()
+            unpacked.update(id=ctx.flow_run.id, params=ctx.parameters, store=ctx.result_store)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert unpacked == {"id": run_id, "params": {"cfg": {"n_obs": 1000}, "k": 3}, "store": store}
+    assert looked_up == []
