@@ -97,7 +97,6 @@ def test_lean_tasks_ship_the_flow_run_as_the_objects_it_holds(prefect_home, monk
     monkeypatch.setenv("PREFECT_HOME", str(prefect_home))
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     server = runtime.EmbeddedAPI()
-    monkeypatch.setenv("PREFECT_API_URL", server.url)
 
     @flow
     def a_flow(cfg: dict, k: int):
@@ -111,7 +110,9 @@ def test_lean_tasks_ship_the_flow_run_as_the_objects_it_holds(prefect_home, monk
 
     try:
         server.wait(timeout=300)
-        shipped, run_id, store = a_flow({"n_obs": 1000}, 3)
+        with temporary_settings({PREFECT_API_URL: server.url}):  # not an ephemeral server
+            shipped, run_id, store = a_flow({"n_obs": 1000}, 3)
+            runtime._flush_logs()  # the run's logs and events reach the server before it stops
     finally:
         server.stop()
     looked_up = []
