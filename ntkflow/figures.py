@@ -93,8 +93,8 @@ def sweep_png(sweep: dict) -> bytes:
 
 def _figure(panels: int, size: tuple[float, float]):
     """A figure of ``panels`` axes side by side (an array of them). A plain ``Figure``, not
-    pyplot: no global figure manager to close, no backend to select, and a second less of
-    imports in the aggregation."""
+    pyplot: no global figure manager to close, no backend to select, and less to import in
+    the aggregation (pyplot 0.77 s against 0.56 s for ``matplotlib.figure``, measured alone)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=size, dpi=110)
