@@ -35,6 +35,12 @@ class EmbeddedAPI:
             "PREFECT_UI_ENABLED": "0",
             "PREFECT__SERVER_EPHEMERAL": "1",
             "PREFECT__SERVER_FINAL": "1",
+            # No block types registered at start: Prefect imports every installed collection
+            # first (prefect-kubernetes, -docker, -dask: ~1.5-2.5 s of this server's boot,
+            # even when a memo says nothing changed). No run of ntkflow uses a stored block,
+            # and `prefect server start` registers them for its UI on the same database.
+            "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+            "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
         }
         args = ["--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1"]
         args += ["--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
@@ -124,26 +130,41 @@ def prefect_api():
         server.stop()
         if cert:
             del os.environ["PREFECT_API_SSL_CERT_FILE"]
-            os.remove(cert)
 
 
 def _one_certificate() -> str:
     """A CA file of one certificate, exported as PREFECT_API_SSL_CERT_FILE for this command
     and its workers. The embedded API is plain HTTP on 127.0.0.1, so no certificate is ever
     checked, yet every Prefect client (two per task run) loads its CA file into a TLS context:
-    ~50 ms for the whole certifi bundle, ~1 ms for one certificate."""
+    ~50 ms for the whole certifi bundle, ~1 ms for one certificate.
+
+    The file lives in the Prefect home, written once (atomically) and reused by every later
+    command: nothing to remove, so a command killed at any moment leaves nothing behind."""
+    from prefect.settings import PREFECT_HOME
+
+    path = ca_file(PREFECT_HOME.value())
+    os.environ["PREFECT_API_SSL_CERT_FILE"] = path
+    return path
+
+
+def ca_file(folder) -> str:
+    """``folder/ntkflow-api-ca.pem``: the first certificate of certifi's bundle, written if
+    missing or different (a temporary sibling renamed over it)."""
     import re
-    import tempfile
+    import uuid
+    from pathlib import Path
 
     import certifi
 
-    bundle = open(certifi.where()).read()
-    first = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n", bundle, re.S)
-    fd, path = tempfile.mkstemp(prefix="ntkflow-api-", suffix=".pem")
-    with os.fdopen(fd, "w") as f:
-        f.write(first.group(0))
-    os.environ["PREFECT_API_SSL_CERT_FILE"] = path
-    return path
+    bundle = Path(certifi.where()).read_text()
+    cert = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n", bundle, re.S)
+    path = Path(folder).expanduser() / "ntkflow-api-ca.pem"
+    if not path.is_file() or path.read_text() != cert.group(0):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        tmp.write_text(cert.group(0))
+        os.replace(tmp, path)
+    return str(path)
 
 
 def _flush_logs() -> None:
@@ -242,9 +263,13 @@ def lean_tasks():
       exists. So task runs carry no tags; the flow runs keep theirs (run id, preset, formulas:
       ``flows.experiment.run_tags``), and the UI finds a run's tasks through its flow run.
 
+    - **Code.** Tasks and flows pickle their function by reference (:func:`pickle_by_reference`).
+
     Whoever asks for a serialization without secrets still gets Prefect's rendering.
     """
     from prefect.context import EngineContext, SettingsContext, TagsContext
+
+    pickle_by_reference()
 
     class Shipped(SettingsContext):
         def serialize(self, include_secrets: bool = True) -> dict:
@@ -296,6 +321,51 @@ def _shipped_run(run):
     )
     fields = {f: getattr(run, f) for f in type(run).model_fields}
     return ShippedRun.model_construct(_fields_set=set(run.model_fields_set), **fields)
+
+
+def pickle_by_reference() -> None:
+    """Pickle Prefect tasks and flows with their function by reference (module and name), as
+    functions are, not by value.
+
+    cloudpickle ships a function by reference only when its module attribute of the same name
+    *is* that function; the attribute of a Prefect task or flow is the Task or Flow wrapping
+    it, so every submission pickled the task's function, and the subflow's (in the flow
+    context shipped with each task), by value: their code, their globals and, for each code
+    object, a scan of ``sys.modules`` (~30 ms per trial task in ``ntkflow run``, in the process
+    that submits them all). A Task or Flow now pickles its attributes as before, except the
+    function, which the unpickling process imports: that of the module attribute it came from
+    (``with_options`` copies included). Workers import ``flows`` anyway (this module's worker
+    plugins). Functions that are no module's task or flow are pickled as before.
+    """
+    import copyreg
+
+    from prefect.flows import Flow
+    from prefect.tasks import Task
+
+    for cls in (Task, Flow):
+        copyreg.pickle(cls, _reduce_by_reference)
+
+
+def _reduce_by_reference(obj):
+    fn = getattr(obj, "fn", None)
+    module, name = getattr(fn, "__module__", None), getattr(fn, "__name__", None)
+    origin = getattr(sys.modules.get(module), name, None) if module and name else None
+    if getattr(origin, "fn", None) is not fn:
+        return obj.__reduce_ex__(4)  # object's own reduction: copyreg's table is not consulted
+    refs = [key for key, value in vars(obj).items() if value is fn]  # fn, __wrapped__
+    state = {key: value for key, value in vars(obj).items() if value is not fn}
+    return _with_function, (type(obj), module, name, refs, state)
+
+
+def _with_function(cls, module: str, name: str, refs: list, state: dict):
+    import importlib
+
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    fn = getattr(importlib.import_module(module), name).fn
+    for key in refs:
+        setattr(obj, key, fn)
+    return obj
 
 
 def task_runner_at(address: str):

@@ -12,6 +12,7 @@ group interrupted mid-write never counts, and a chunk changed on disk fails veri
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from functools import partial
@@ -138,9 +139,7 @@ def write_gram(
         }
         sums = {name: hashlib.sha256(memoryview(a)).hexdigest() for name, a in host.items()}
         done = {**attrs, "sha256": sums, "complete": True}  # checksum(a, a.shape) of each
-        group = zarr.open_group(zstore, mode="w", attributes=done)
-        for name, a in host.items():
-            _one_chunk_array(zstore, group, name, a)
+        put_files(zstore, one_chunk_files(done, host))
         if keep is not None:
             keep.update(host)
         return done
@@ -165,20 +164,53 @@ def write_gram(
     return {**attrs, "sha256": sums, "complete": True}
 
 
-def _one_chunk_array(zstore, group: zarr.Group, name: str, a: np.ndarray) -> None:
-    """``a`` (C-contiguous, little-endian) as an uncompressed one-chunk array of ``group`` at
-    the root of ``zstore``: the metadata through Zarr, the chunk stored as the array's own
-    bytes, which is what Zarr's ``bytes`` codec writes (tests/test_gram_store.py compares
-    them), without its codec pipeline: a copy of the Gram and a round trip through Zarr's
-    event loop less per array."""
+def one_chunk_files(attrs: dict, arrays: dict) -> dict:
+    """The files of a Zarr group with attributes ``attrs`` holding each of ``arrays`` (NumPy,
+    C-contiguous, little-endian) as an uncompressed array of one chunk: what Zarr writes for
+    ``create_array(data=a, chunks=a.shape, compressors=None)`` (tests/test_gram_store.py
+    compares them byte for byte), made without Zarr's event loop. The metadata documents are
+    Zarr's own: the group's encoded from ``attrs``, an array's made by Zarr once per shape and
+    dtype, then reused; a chunk is the array's own memory (no copy, no codec pipeline)."""
     from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.group import GroupMetadata
+
+    proto = default_buffer_prototype()
+    files = {"zarr.json": GroupMetadata(attributes=attrs).to_buffer_dict(proto)["zarr.json"]}
+    for name, a in arrays.items():
+        if not (a.flags.c_contiguous and a.dtype.byteorder in "=<|"):
+            raise ValueError(f"{name}: not a C-contiguous little-endian array")
+        doc, chunk = _array_document(a.shape, a.dtype.str)
+        files[f"{name}/zarr.json"] = doc
+        if a.size:
+            files[f"{name}/{chunk}"] = proto.buffer.from_bytes(memoryview(a).cast("B"))
+    return files
+
+
+@functools.cache
+def _array_document(shape: tuple, dtype: str):
+    """Zarr's ``zarr.json`` for an uncompressed one-chunk array of ``shape`` and ``dtype``,
+    and the key of its chunk."""
+    import zarr.storage
+
+    files: dict = {}
+    chunks = tuple(max(1, n) for n in shape)
+    arr = zarr.create_array(
+        zarr.storage.MemoryStore(files), shape=shape, dtype=dtype, chunks=chunks, compressors=None
+    )
+    return files["zarr.json"], arr.metadata.encode_chunk_key((0,) * len(shape))
+
+
+def put_files(zstore, files: dict) -> None:
+    """``files`` (key → Zarr buffer) into the Zarr store, in one round trip to Zarr's event
+    loop."""
+    import asyncio
+
     from zarr.core.sync import sync
 
-    arr = group.create_array(
-        name, shape=a.shape, dtype=a.dtype, chunks=a.shape, compressors=None, config=WRITE_ALL
-    )
-    key = f"{name}/{arr.metadata.encode_chunk_key((0,) * a.ndim)}"
-    sync(zstore.set(key, default_buffer_prototype().buffer.from_bytes(memoryview(a).cast("B"))))
+    async def put():
+        await asyncio.gather(*(zstore.set(key, buf) for key, buf in files.items()))
+
+    sync(put())
 
 
 def open_gram(zstore, shapes: dict | None = None) -> tuple[zarr.Group, dict]:

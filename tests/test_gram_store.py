@@ -163,6 +163,38 @@ def test_a_one_block_gram_holds_the_files_zarr_itself_writes():
         assert ours[key].to_bytes() == zarrs[key].to_bytes(), key
 
 
+def test_one_chunk_files_are_what_zarr_writes_for_the_data_arrays_too():
+    """The files of a trial's data group (2-D and 1-D float64, int64 indices, one chunk each,
+    uncompressed) are byte for byte Zarr's own, written twice with the same shapes (the
+    arrays' documents are reused), and the group reads back equal."""
+    import zarr
+    import zarr.storage
+
+    rng = np.random.default_rng(0)
+    attrs = {"key": "abc", "seed": 3, "sigma": 0.25, "complete": True}
+    for n in (40, 40, 41):
+        arrays = {
+            "x": rng.normal(size=(n, 3)),
+            "y": rng.normal(size=n),
+            "train": np.arange(n - 9),
+            "fit": rng.integers(0, n, size=7),
+        }
+        ours = gram.one_chunk_files(attrs, arrays)
+        zarrs: dict = {}
+        group = zarr.open_group(zarr.storage.MemoryStore(zarrs), mode="w", attributes=attrs)
+        for name, a in arrays.items():
+            group.create_array(name, data=a, chunks=a.shape, compressors=None)
+        assert sorted(ours) == sorted(zarrs)
+        for key in zarrs:
+            assert ours[key].to_bytes() == zarrs[key].to_bytes(), key
+        back = zarr.open_group(zarr.storage.MemoryStore(ours), mode="r")
+        assert dict(back.attrs) == attrs
+        for name, a in arrays.items():
+            np.testing.assert_array_equal(back[name][...], a)
+    with pytest.raises(ValueError, match="x: not a C-contiguous"):
+        gram.one_chunk_files(attrs, {"x": arrays["x"].T})
+
+
 @pytest.mark.parametrize("root", ["local", "memory://ntkflow-small", "s3"])
 def test_a_small_group_is_written_with_zarrs_own_bytes(tmp_path, root, request):
     """A group that fits in memory (a one-block Gram; data, with Zarr's default compressor) is

@@ -133,3 +133,45 @@ def test_lean_tasks_ship_the_flow_run_as_the_objects_it_holds(prefect_home, monk
     t.join()
     assert unpacked == {"id": run_id, "params": {"cfg": {"n_obs": 1000}, "k": 3}, "store": store}
     assert looked_up == []
+
+
+def test_tasks_and_flows_pickle_their_function_by_reference():
+    """A module's Prefect task or flow (and a ``with_options`` copy of it) pickles with its
+    function by reference: the function's code is not in the pickle, and unpickling gives the
+    module's own function back, with every other attribute as it was. A task that is no
+    module attribute still ships its function by value."""
+    import cloudpickle
+    from prefect import task
+
+    from flows.tasks import trial_task
+    from flows.trials import run_trials
+
+    runtime.pickle_by_reference()
+    copy = run_trials.with_options(flow_run_name="copy")
+    for obj in (trial_task, copy):
+        data = cloudpickle.dumps(obj)
+        assert obj.fn.__code__.co_code not in data
+        back = pickle.loads(data)
+        assert type(back) is type(obj) and back.fn is obj.fn and back.__wrapped__ is obj.fn
+        assert back.name == obj.name and back.description == obj.description
+    assert pickle.loads(cloudpickle.dumps(copy)).flow_run_name == "copy"
+    assert pickle.loads(cloudpickle.dumps(trial_task)).retries == trial_task.retries
+    local = task(lambda x: x + 1, name="local")  # made here: no module holds it
+    data = cloudpickle.dumps(local)
+    assert local.fn.__code__.co_code in data and pickle.loads(data).fn(1) == 2
+
+
+def test_the_api_ca_file_is_written_once_and_reused(tmp_path):
+    """The embedded API's CA file (one certificate) lives in the Prefect home: the same file
+    for every command, nothing beside it, and a damaged one is written again."""
+    import ssl
+
+    path = runtime.ca_file(tmp_path)
+    text = open(path).read()
+    assert runtime.ca_file(tmp_path) == path
+    assert [p.name for p in tmp_path.iterdir()] == ["ntkflow-api-ca.pem"]
+    assert text.count("BEGIN CERTIFICATE") == 1
+    ssl.create_default_context(cafile=path)  # a CA file TLS loads
+    open(path, "w").write(text[:40])
+    assert runtime.ca_file(tmp_path) == path and open(path).read() == text
+    assert [p.name for p in tmp_path.iterdir()] == ["ntkflow-api-ca.pem"]

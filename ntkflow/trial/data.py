@@ -9,7 +9,7 @@ import zarr
 import zarr.storage
 
 from ntkflow.data import TrialData, simulate
-from ntkflow.gram import CorruptArtifact
+from ntkflow.gram import CorruptArtifact, one_chunk_files, put_files
 from ntkflow.store import Store
 from ntkflow.trial.context import Trial, trial_dir
 from ntkflow.trial.items import Item, log
@@ -96,9 +96,11 @@ class DataItem(Item):
         }
 
         def fill(zstore):
-            group = zarr.open_group(zstore, mode="w", attributes={**info, "complete": True})
-            for name, a in arrays.items():
-                group.create_array(name, data=a)
+            little = {
+                name: np.ascontiguousarray(a, a.dtype.newbyteorder("<"))
+                for name, a in arrays.items()
+            }
+            put_files(zstore, one_chunk_files({**info, "complete": True}, little))
 
         write_group(t.store, t.path("data.zarr"), fill, small=True)
         t.data = TrialData(**arrays, info=info)
