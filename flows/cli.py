@@ -88,10 +88,11 @@ def _int_list(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ntkflow.compute import exit_without_collecting
+    from ntkflow.compute import end_resource_tracker_at_exit, exit_without_collecting
     from ntkflow.preflight import PlaceError
 
     exit_without_collecting()
+    end_resource_tracker_at_exit()
     args = _parser().parse_args(argv)
     try:
         commands = {"run": cmd_run, "sweep": cmd_run, "report": cmd_report, "verify": cmd_verify}

@@ -130,6 +130,34 @@ def exit_without_collecting() -> None:
     atexit.register(gc.freeze)
 
 
+def end_resource_tracker_at_exit(timeout: float = 2.0) -> None:
+    """At exit, end multiprocessing's resource tracker (started with the local cluster's
+    worker processes) and reap it, waiting at most ``timeout`` seconds. Left alone it ends
+    only once it reads the end of its pipe, a moment after this process is gone: a process
+    of the command that outlives it. Registered after :func:`exit_without_collecting`, it
+    runs before it."""
+    import atexit
+
+    def end() -> None:
+        from multiprocessing import resource_tracker
+
+        tracker = resource_tracker._resource_tracker
+        fd, pid = getattr(tracker, "_fd", None), getattr(tracker, "_pid", None)
+        if fd is None or pid is None:
+            return
+        with contextlib.suppress(OSError):
+            os.close(fd)  # its end of the pipe: the tracker reads EOF and exits
+            tracker._fd = None
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:  # never blocks: a worker may still hold it
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    tracker._pid = None
+                    return
+                time.sleep(0.005)
+
+    atexit.register(end)
+
+
 def available_cpus() -> int:
     """CPUs this process may run on: its affinity mask (Slurm, cgroups, taskset), not the host's."""
     try:

@@ -63,6 +63,28 @@ def test_a_process_exits_without_collecting_after_its_other_exit_handlers():
     assert res.stdout.split() == ["first", "0", "last", "True"]
 
 
+def test_a_process_that_started_worker_processes_leaves_no_resource_tracker_behind():
+    """A process that spawned worker processes (so multiprocessing started its resource
+    tracker) ends the tracker and reaps it before it exits: the moment it has exited, the
+    tracker is gone. (Without end_resource_tracker_at_exit the tracker outlives it until it
+    reads the end of its pipe: still there at that moment in 6 runs of 6 on 2 cores.)"""
+    import psutil
+
+    code = (
+        "import multiprocessing as mp\n"
+        "from multiprocessing import resource_tracker\n"
+        "from ntkflow.compute import end_resource_tracker_at_exit, exit_without_collecting\n"
+        "exit_without_collecting()\n"
+        "end_resource_tracker_at_exit()\n"
+        "if __name__ == '__main__':\n"
+        "    p = mp.get_context('spawn').Process(target=print); p.start(); p.join()\n"
+        "    print(resource_tracker._resource_tracker._pid, flush=True)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    tracker = int(res.stdout.split()[-1])
+    assert not psutil.pid_exists(tracker)
+
+
 def test_workers_reuse_freed_memory_for_large_arrays():
     """Dask's nanny starts each worker with MALLOC_TRIM_THRESHOLD_ set, so every large NumPy
     temporary is a fresh mmap, faulted in page by page (a paper trial took 1.8x its CPU); once
