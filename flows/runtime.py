@@ -335,7 +335,8 @@ def pickle_by_reference() -> None:
     that submits them all). A Task or Flow now pickles its attributes as before, except the
     function, which the unpickling process imports: that of the module attribute it came from
     (``with_options`` copies included). Workers import ``flows`` anyway (this module's worker
-    plugins). Functions that are no module's task or flow are pickled as before.
+    plugins). Tasks and flows of a script (``__main__``), which no worker can import, and
+    functions that are no module's task or flow are pickled as before.
     """
     import copyreg
 
@@ -349,7 +350,8 @@ def pickle_by_reference() -> None:
 def _reduce_by_reference(obj):
     fn = getattr(obj, "fn", None)
     module, name = getattr(fn, "__module__", None), getattr(fn, "__name__", None)
-    origin = getattr(sys.modules.get(module), name, None) if module and name else None
+    importable = module not in (None, "__main__", "__mp_main__")  # a script: no worker has it
+    origin = getattr(sys.modules.get(module), name, None) if importable and name else None
     if getattr(origin, "fn", None) is not fn:
         return obj.__reduce_ex__(4)  # object's own reduction: copyreg's table is not consulted
     refs = [key for key, value in vars(obj).items() if value is fn]  # fn, __wrapped__

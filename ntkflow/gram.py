@@ -111,8 +111,10 @@ def write_gram(
     """Compute K(X_train, X_train) and K(X_test, X_train) into the Zarr group (``extra_attrs``,
     e.g. the item key, are stored with the kernel's attributes).
 
-    A Gram that fits one block is computed in memory and written one call per array, with its
-    checksums taken from the arrays as written (no Dask graph, no read-back); its host arrays
+    A Gram that fits one block is computed in memory and its files written in one round trip
+    (:func:`one_chunk_files`; into an empty store: ``write_group`` gives every write a fresh
+    one), with its checksums taken from the arrays as written (no Dask graph, no read-back);
+    its host arrays
     are put into ``keep`` when given (so the solve need not read them back). Larger Grams are
     computed blockwise through Dask and hashed chunk by chunk from the store (bounded memory).
     """

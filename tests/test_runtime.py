@@ -135,11 +135,14 @@ def test_lean_tasks_ship_the_flow_run_as_the_objects_it_holds(prefect_home, monk
     assert looked_up == []
 
 
-def test_tasks_and_flows_pickle_their_function_by_reference():
+def test_tasks_and_flows_pickle_their_function_by_reference(monkeypatch):
     """A module's Prefect task or flow (and a ``with_options`` copy of it) pickles with its
     function by reference: the function's code is not in the pickle, and unpickling gives the
     module's own function back, with every other attribute as it was. A task that is no
-    module attribute still ships its function by value."""
+    module attribute, or a script's (``__main__``, which workers cannot import), still ships
+    its function by value."""
+    import sys
+
     import cloudpickle
     from prefect import task
 
@@ -159,6 +162,14 @@ def test_tasks_and_flows_pickle_their_function_by_reference():
     local = task(lambda x: x + 1, name="local")  # made here: no module holds it
     data = cloudpickle.dumps(local)
     assert local.fn.__code__.co_code in data and pickle.loads(data).fn(1) == 2
+
+    def scripted(x):
+        return x + 2
+
+    scripted.__module__, scripted.__qualname__ = "__main__", "scripted"
+    monkeypatch.setattr(sys.modules["__main__"], "scripted", task(scripted), raising=False)
+    data = cloudpickle.dumps(sys.modules["__main__"].scripted)
+    assert scripted.__code__.co_code in data and pickle.loads(data).fn(1) == 3
 
 
 def test_the_api_ca_file_is_written_once_and_reused(tmp_path):
