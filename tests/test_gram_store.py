@@ -197,9 +197,9 @@ def test_one_chunk_files_are_what_zarr_writes_for_the_data_arrays_too():
 
 @pytest.mark.parametrize("root", ["local", "memory://ntkflow-small", "s3"])
 def test_a_small_group_is_written_with_zarrs_own_bytes(tmp_path, root, request):
-    """A group that fits in memory (a one-block Gram; data, with Zarr's default compressor) is
-    encoded by Zarr into a memory store and written out in one pass: the same files, byte for
-    byte, as Zarr writing into the store itself, and it reads back verified."""
+    """A group that fits in memory (a one-block Gram; any group Zarr encodes, here with its
+    default compressor) is written into a memory store and out in one pass: the same files,
+    byte for byte, as writing into the store itself, and it reads back verified."""
     import zarr
 
     from ntkflow.trial.data import write_group
