@@ -262,7 +262,6 @@ def lean_tasks():
       one blocking call per task (~0.19 s with the embedded API busy), even where no limit
       exists. So task runs carry no tags; the flow runs keep theirs (run id, preset, formulas:
       ``flows.experiment.run_tags``), and the UI finds a run's tasks through its flow run.
-
     - **Code.** Tasks and flows pickle their function by reference (:func:`pickle_by_reference`).
 
     Whoever asks for a serialization without secrets still gets Prefect's rendering.

@@ -12,10 +12,9 @@ group interrupted mid-write never counts, and a chunk changed on disk fails veri
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
-from functools import partial
+from functools import cache, partial
 
 import dask
 import dask.array as da
@@ -114,9 +113,9 @@ def write_gram(
     A Gram that fits one block is computed in memory and its files written in one round trip
     (:func:`one_chunk_files`; into an empty store: ``write_group`` gives every write a fresh
     one), with its checksums taken from the arrays as written (no Dask graph, no read-back);
-    its host arrays
-    are put into ``keep`` when given (so the solve need not read them back). Larger Grams are
-    computed blockwise through Dask and hashed chunk by chunk from the store (bounded memory).
+    its host arrays are put into ``keep`` when given (so the solve need not read them back).
+    Larger Grams are computed blockwise through Dask and hashed chunk by chunk from the store
+    (bounded memory).
     """
     xtr, xte = x[train], x[test]
     shapes = {"train_train": (len(xtr), len(xtr)), "test_train": (len(xte), len(xtr))}
@@ -188,7 +187,7 @@ def one_chunk_files(attrs: dict, arrays: dict) -> dict:
     return files
 
 
-@functools.cache
+@cache
 def _array_document(shape: tuple, dtype: str):
     """Zarr's ``zarr.json`` for an uncompressed one-chunk array of ``shape`` and ``dtype``,
     and the key of its chunk."""

@@ -30,9 +30,9 @@ def write_group(store: Store, rel: str, fill, small: bool = False):
     """Write a Zarr group under a unique temporary name with ``fill(zarr_store)``, then commit
     it to ``rel`` atomically: a half-written or foreign group never sits at ``rel``.
 
-    ``small``: the group fits in memory (data, a Gram of one block). Zarr then writes it into a
-    memory store, whose files (the same bytes, encoded by Zarr) are written out in one pass:
-    Zarr's store calls, one per metadata document and chunk, cost more than the bytes."""
+    ``small``: the group fits in memory (data, a Gram of one block). ``fill`` then writes it
+    into a memory store, whose files are written out in one pass: a store call per metadata
+    document and chunk costs more than the bytes."""
     tmp = store.temp_name(rel)
     try:
         if small:
@@ -88,7 +88,10 @@ class DataItem(Item):
     def compute(self) -> TrialData:
         t = self.t
         d = simulate(self.cfg, t.k)
-        arrays = {name: np.asarray(getattr(d, name)) for name in DATA_ARRAYS}
+        arrays = {}
+        for name in DATA_ARRAYS:  # C-contiguous little-endian: stored as their own bytes
+            a = np.asarray(getattr(d, name))
+            arrays[name] = np.ascontiguousarray(a, a.dtype.newbyteorder("<"))
         info = {
             **{k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.info.items()},
             "key": self.key(),
@@ -96,11 +99,7 @@ class DataItem(Item):
         }
 
         def fill(zstore):
-            little = {
-                name: np.ascontiguousarray(a, a.dtype.newbyteorder("<"))
-                for name, a in arrays.items()
-            }
-            put_files(zstore, one_chunk_files({**info, "complete": True}, little))
+            put_files(zstore, one_chunk_files({**info, "complete": True}, arrays))
 
         write_group(t.store, t.path("data.zarr"), fill, small=True)
         t.data = TrialData(**arrays, info=info)

@@ -3,7 +3,6 @@ regression (SPEC §4) that reads them back: test RMSE and solve diagnostics."""
 
 from __future__ import annotations
 
-import os
 import time
 
 from ntkflow import compute, gram, krr
@@ -38,7 +37,7 @@ class GramItem(Item):
         """The Gram's attributes if its group opens with the right shapes, kernel, data and
         key (its arrays' checksums are verified when they are read)."""
         t, rel = self.t, self.rel
-        if t.store.local and not os.path.exists(t.store.path(rel)):
+        if t.store.local and not t.store.exists(rel):
             return None  # nothing there: no need to ask Zarr (a round trip to its event loop)
         try:
             _, attrs = gram.open_gram(t.store.zarr_store(rel, read_only=True), self.shapes())
