@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PRESET  ?= quick
 ARGS    ?=
 
-.PHONY: venv run test test-fast bench lint clean chromium
+.PHONY: venv run test test-fast bench lint clean chromium gpu-wheels gpu-check
 
 venv: $(VENV)/.installed
 
@@ -40,6 +40,23 @@ bench: venv
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/prefect_floor.py
 	$(BIN)/python benchmarks/cluster_paths.py
+
+# A lent GPU machine has no package index: `make gpu-wheels` (here, with PyPI) puts the wheels
+# that benchmarks/gpu_check.py needs and it lacks into .whl/ (CPython 3.12, manylinux x86_64,
+# pinned in benchmarks/gpu_wheels.txt), then checks the set offline and prints its total.
+GPU_WHEEL_TAGS := --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
+	--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
+gpu-wheels: venv
+	rm -rf .whl
+	$(BIN)/pip download -q --disable-pip-version-check --no-deps $(GPU_WHEEL_TAGS) -d .whl \
+		-r benchmarks/gpu_wheels.txt
+	$(BIN)/python benchmarks/gpu_wheels.py .whl
+
+# On the GPU machine, with its own Python (torch, cupy): the whole check in under 8 minutes
+# (docs/gpu.md). No venv: nothing can be installed there but the wheels in .whl/.
+# `make gpu-check ARGS=--dry-run` runs every step on the CPU at tiny sizes.
+gpu-check:
+	$(PY) benchmarks/gpu_check.py $(ARGS)
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -2,9 +2,10 @@
 
     python benchmarks/gram.py [--n 4000] [--d 15] [--repeat 3] [--json PATH]
 
-The baseline computes the same exact formulas (SPEC §2, θ = atan2(√max(ab − c², 0), c)) on whole
-matrices: no symmetry, no tiling, no threads beyond NumPy's own. Data as SPEC §3: U[-5, 7] rows
-rescaled to unit norm. Prints a table and writes JSON (default benchmarks/results/gram.json).
+The baseline computes the same exact formulas (docs/formulas.md, θ = atan2(√max(ab − c², 0), c))
+on whole matrices: no symmetry, no tiling, no threads beyond NumPy's own. Data as in
+docs/formulas.md: U[-5, 7] rows rescaled to unit norm. Prints a table and writes JSON
+(default benchmarks/results/gram.json).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ DEFAULT_JSON = Path(__file__).parent / "results" / "gram.json"
 
 
 def baseline_gram(x: np.ndarray, name: str) -> np.ndarray:
-    """NTKJ2 or NTKB2 (paper values: all σ = 1, c = 2), straight from SPEC §2, whole matrices."""
+    """NTKJ2 or NTKB2 (paper values: all σ = 1, c = 2) from docs/formulas.md, whole matrices."""
     family, depth = name[:4], int(name[4:])
     d = x.shape[1]
     g = x @ x.T

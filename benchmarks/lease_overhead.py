@@ -79,7 +79,7 @@ def main() -> None:
     p.add_argument("--no-runs", action="store_true")
     p.add_argument("--json", default=str(HERE / "results" / "lease_overhead.json"))
     a = p.parse_args()
-    from ntkflow.presets import load_config
+    from ntkflow.config.presets import load_config
 
     trials = load_config(a.preset).trials
     ops = lease_ops(a.ops)

@@ -20,12 +20,12 @@ def noop_flow(cfg, out: str, n: int, lean: bool = False) -> tuple[float, list[fl
     """Submits n no-op tasks; returns the seconds the submissions took, and the seconds from the
     first submission to each task's end, in the order they were seen ending (from the moment
     all are submitted). ``lean``: submitted as the trials flow submits
-    (flows.runtime.lean_tasks: the settings shipped as they are, the task runs untagged)."""
+    (flows.internals.lean_tasks: the settings shipped as they are, the task runs untagged)."""
     import contextlib
 
     from prefect.futures import as_completed
 
-    from flows.runtime import lean_tasks
+    from flows.internals import lean_tasks
 
     t0 = time.perf_counter()
     with lean_tasks() if lean else contextlib.nullcontext():

@@ -43,7 +43,7 @@ CLI = [sys.executable, "-m", "flows.cli"]
 
 
 def _config(preset: str, trials: int):
-    from ntkflow.presets import load_config
+    from ntkflow.config.presets import load_config
 
     return load_config(preset, overrides=["networks.enabled=false", f"trials={trials}"])
 
@@ -160,16 +160,16 @@ def _new_home(home: str) -> float:
     SQLite database (once per machine and PREFECT_HOME, then every start skips it)."""
     env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
-    code = "from flows.runtime import EmbeddedAPI as E; s = E(); s.wait(); s.stop()"
+    code = "from flows.server import EmbeddedAPI as E; s = E(); s.wait(); s.stop()"
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True)
     return time.perf_counter() - t0
 
 
 def _one_thread_per_worker() -> None:
-    """What a worker of the local cluster gets (ntkflow.compute.worker_env): single-threaded
-    math libraries, so the floor, the pool and the profile run as the flow's workers do. Set
-    before NumPy is imported here or in the pool's processes."""
+    """What a worker of the local cluster gets (ntkflow.cluster.resources.worker_env):
+    single-threaded math libraries, so the floor, the pool and the profile run as the flow's
+    workers do. Set before NumPy is imported here or in the pool's processes."""
     os.environ.update(dict.fromkeys(THREAD_VARS, "1"))
 
 
@@ -183,7 +183,7 @@ THREAD_VARS = (
 
 def main() -> None:
     _one_thread_per_worker()
-    from ntkflow.compute import worker_env
+    from ntkflow.cluster.resources import worker_env
 
     assert worker_env(1) == dict.fromkeys(THREAD_VARS, "1"), worker_env(1)
     p = argparse.ArgumentParser()

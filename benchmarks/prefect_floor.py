@@ -3,12 +3,12 @@
     python benchmarks/prefect_floor.py [--tasks 50] [--workers 2] [--json PATH]
 
 On the embedded Prefect API and a local Dask cluster started as ``ntkflow run`` starts them
-(flows.runtime, ntkflow.compute), in one run:
+(flows.server, flows.workers, flows.internals, ntkflow.cluster), in one run:
   dask only     N calls of a function that does nothing, submitted to the cluster's workers
   prefect       a flow of N Prefect tasks that do nothing (a Config, a path and an index as
                 parameters, like a trial task), on the same cluster through DaskTaskRunner
 Each flow runs ``--rounds`` times (best kept), tagged as ``ntkflow run`` tags its flow runs, in
-turn with the same flow submitting as the trials flow does (flows.runtime.lean_tasks: the
+turn with the same flow submitting as the trials flow does (flows.internals.lean_tasks: the
 settings shipped as they are, the task runs untagged).
 The difference per task and worker (also split: the first task, which pays each worker's first
 Prefect task run, and the steady rate after it) is the least a trial pays for being a Prefect
@@ -41,14 +41,15 @@ def main() -> None:
     p.add_argument("--json", default=str(HERE / "results" / "prefect_floor.json"))
     a = p.parse_args()
 
-    from flows import runtime
-    from ntkflow import compute
-    from ntkflow.presets import load_config
+    from flows import workers
+    from flows.server import prefect_api
+    from ntkflow.cluster import lifecycle, plans
+    from ntkflow.config.presets import load_config
 
     cfg = load_config("paper", overrides=["networks.enabled=false", f"trials={a.tasks}"])
-    plan = compute.resolve_cluster("local", cfg.compute.model_copy(update={"n_workers": a.workers}))
+    plan = plans.resolve_cluster("local", cfg.compute.model_copy(update={"n_workers": a.workers}))
     t_start = time.perf_counter()
-    with runtime.prefect_api() as (api, server):  # before Prefect is imported, as ntkflow run
+    with prefect_api() as (api, server):  # before Prefect is imported, as ntkflow run
         import noop_flow as me  # by name in the workers, not pickled by value as __main__'s
         from prefect import tags
 
@@ -57,8 +58,8 @@ def main() -> None:
         if server is not None:
             server.wait()
         t_api = time.perf_counter()
-        with compute.start_cluster(plan) as address, compute.connect(address) as client:
-            runtime.prepare_workers(client, api)
+        with lifecycle.start_cluster(plan) as address, lifecycle.connect(address) as client:
+            workers.prepare_workers(client, api)
             t_cluster = time.perf_counter()
             t0 = time.perf_counter()
             client.run(me.import_here)  # each worker's imports, apart from the tasks
@@ -66,7 +67,7 @@ def main() -> None:
             t0 = time.perf_counter()
             client.gather(client.map(me.nothing, range(a.tasks), pure=False))
             dask_s = time.perf_counter() - t0
-            on_cluster = me.noop_flow.with_options(task_runner=runtime.task_runner_at(address))
+            on_cluster = me.noop_flow.with_options(task_runner=workers.task_runner_at(address))
             runs: dict = {False: [], True: []}  # Prefect's default shipping / lean_tasks
             for _ in range(a.rounds):  # in turn, so drift in the machine's load hits both
                 for lean in (False, True):

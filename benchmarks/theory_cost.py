@@ -1,4 +1,4 @@
-"""What the linearized theory (SPEC §6) adds to a trial's time, from a finished run's records.
+"""What the linearized theory (docs/theory.md) adds to a trial's time, from a run's records.
 
 Per trial: kernel time (Gram + solve of every kernel), network training, and the theory: the
 empirical NTK at initialisation and the drift diagnostics inside the training task

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ntkflow import krr, trial
-from ntkflow.presets import load_config
+from ntkflow.config.presets import load_config
 from ntkflow.store import Store
 from ntkflow.train import set_torch_threads
 

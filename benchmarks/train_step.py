@@ -6,7 +6,7 @@
 For the paper-size network (``--width``, default 10,000) and a quick-preset-size one
 (``--small-width``, default 512), batch 8, float32, ``ntkj`` parameterization, it measures
 
-- seconds per step and steps/s of ntkflow's SGD step (``ntkflow.train._sgd_step``) and, for
+- seconds per step and steps/s of ntkflow's SGD step (``ntkflow.sgd.sgd_step``) and, for
   comparison, of the textbook autograd + ``torch.optim.SGD`` step;
 - the share of step time spent outside PyTorch ops: 1 − (self time of all aten ops) / (wall time),
   both over the same torch.profiler-recorded steps. On CUDA, the share of wall time the GPU is
@@ -35,7 +35,9 @@ import numpy as np
 import torch
 
 from ntkflow.nets import build_network
-from ntkflow.train import _sgd_step, _step_plan, keras_split, set_torch_threads, train_network
+from ntkflow.sgd import sgd_step as _sgd_step
+from ntkflow.sgd import step_plan as _step_plan
+from ntkflow.train import keras_split, set_torch_threads, train_network
 
 BATCH = 8
 D_IN = 15

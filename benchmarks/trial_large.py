@@ -19,7 +19,7 @@ from pathlib import Path
 
 CHILD = """
 import sys, time
-from ntkflow.presets import load_config
+from ntkflow.config.presets import load_config
 from ntkflow.store import Store
 from ntkflow import trial
 cfg = load_config("paper-corrected", overrides=["networks.enabled=false", "trials=1",

@@ -17,11 +17,14 @@ import os
 from prefect import flow, get_run_logger, tags
 from prefect.states import Failed
 
-from flows import runtime
+from flows import workers
 from flows.trials import run_trials
-from ntkflow import compute, preflight, report
+from ntkflow import preflight, report
+from ntkflow.cluster.lifecycle import connect, start_cluster
+from ntkflow.cluster.plans import resolve_cluster
+from ntkflow.cluster.resources import check_resources
 from ntkflow.config import Config, ConfigError
-from ntkflow.presets import Overrides, build_config
+from ntkflow.config.presets import Overrides, build_config
 
 
 def run_name(cfg: Config, preset: str) -> str:
@@ -77,7 +80,7 @@ def experiment(
     log = get_run_logger()
     try:
         cfg = resolve_config(preset, overrides, cluster, kernels_only, config)
-        plan = compute.resolve_cluster(cfg.compute.cluster, cfg.compute)
+        plan = resolve_cluster(cfg.compute.cluster, cfg.compute)
         store = preflight.open_store(out).child(cfg.run_id)
         trials = run_trials.with_options(flow_run_name=run_name(cfg, preset))
         todo, _ = report.up_to_date(cfg, store)  # decided before any cluster starts
@@ -87,18 +90,18 @@ def experiment(
                 state = trials(cfg, store.url, {}, [], return_state=True)
         else:
             log.info("run %s on %s", cfg.run_id, plan.describe())
-            started = compute.start_cluster(plan, cfg.compute.start_timeout)
-            with started as address, compute.connect(address) as client:
+            started = start_cluster(plan, cfg.compute.start_timeout)
+            with started as address, connect(address) as client:
                 api = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
-                n = runtime.prepare_workers(client, api)
+                n = workers.prepare_workers(client, api)
                 log.info("%d worker(s) of %s report to %s", n, address, api)
-                resources = runtime.train_resources(client, plan.train_resources)
+                resources = workers.train_resources(client, plan.train_resources)
                 if cfg.networks.enabled:
-                    compute.check_resources(client, resources)
+                    check_resources(client, resources)
                 # A subflow on this cluster (its failures are in its state, never raised here);
                 # runs of one experiment are found together in the UI: named and tagged by run
                 # id, preset and formulas.
-                on_cluster = trials.with_options(task_runner=runtime.task_runner_at(address))
+                on_cluster = trials.with_options(task_runner=workers.task_runner_at(address))
                 with tags(*run_tags(cfg, preset)):
                     state = on_cluster(cfg, store.url, resources, todo, return_state=True)
     except ConfigError as e:

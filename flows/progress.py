@@ -8,7 +8,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.artifacts import artifact_key
-from flows.runtime import dask_client
+from flows.workers import dask_client
 from ntkflow.config import Config
 from ntkflow.names import network_specs
 

@@ -15,8 +15,9 @@ from prefect import get_run_logger, task
 from prefect.states import Failed
 
 from flows.progress import epoch_logger
-from ntkflow import compute, preflight, report
+from ntkflow import preflight, report
 from ntkflow import trial as tr
+from ntkflow.cluster.resources import torch_device
 from ntkflow.config import Config
 from ntkflow.names import network_spec
 from ntkflow.store import Store
@@ -83,7 +84,7 @@ def _network_trial(cfg: Config, out: str, k: int) -> tr.Trial:
     from ntkflow.train import set_torch_threads
 
     set_torch_threads(cfg.compute.threads_per_worker or 1)
-    return tr.Trial(cfg, Store(out), k, device=compute.torch_device())
+    return tr.Trial(cfg, Store(out), k, device=torch_device())
 
 
 @task(task_run_name="check-store", retries=0)
@@ -118,7 +119,7 @@ def train_task(cfg: Config, out: str, k: int, network: str, upstream_error: str 
 
 @task(task_run_name=_network_task_name("theory"), **RETRY)
 def theory_task(cfg: Config, out: str, k: int, network: str, upstream_error: str | None):
-    """The linearized predictors and their agreement with the trained network (SPEC §6)."""
+    """The linearized predictors and their agreement with the trained network (docs/theory.md)."""
     if upstream_error is not None:
         return not_run(upstream_error)
     t = _network_trial(cfg, out, k)

@@ -19,7 +19,7 @@ import dask
 from prefect import flow, get_run_logger
 from prefect.states import Failed
 
-from flows import runtime
+from flows import internals, signals, workers
 from flows.artifacts import flow_runs, publish
 from flows.progress import Progress
 from flows.tasks import (
@@ -166,7 +166,7 @@ def run_trials(
     declare GPUs); ``todo``: the trials left to compute when the caller knows them (else they
     are looked up here)."""
     log = get_run_logger()
-    runtime.reclaim_signals()  # SIGTERM stops the run at once (ntkflow run only)
+    signals.reclaim_signals()  # SIGTERM stops the run at once (ntkflow run only)
     store = Store(out)
     if todo is None:
         todo = [k for k in range(cfg.trials) if tr.complete(cfg, store, k) is None]
@@ -186,8 +186,8 @@ def run_trials(
     )
     progress = Progress(cfg, out, cfg.trials - len(todo), log)
     if train_resources is None and todo and network_specs(cfg):
-        train_resources = runtime.train_resources(runtime.dask_client(), None)
-    with runtime.lean_tasks():  # settings shipped as they are, task runs untagged
+        train_resources = workers.train_resources(workers.dask_client(), None)
+    with internals.lean_tasks():  # settings shipped as they are, task runs untagged
         TrialSteps(cfg, out, versions, train_resources or {}, progress).run(todo)
 
     run_info = {"prefect_api": os.environ.get("PREFECT_API_URL"), "flow_runs": flow_runs(store)}

@@ -1,13 +1,13 @@
 """The watchdog of ``ntkflow run``: nothing outlives a command that was killed.
 
-A SIGINT/SIGTERM is handled by the command itself (``flows.runtime.exit_on_signals``); a SIGKILL
+A SIGINT/SIGTERM is handled by the command itself (``flows.signals.exit_on_signals``); a SIGKILL
 or the OOM killer is not, and would leave the embedded Prefect server, the Dask scheduler's
 workers and the Slurm jobs of the run behind. This small process, started by the command in a
 session of its own, watches it: every half second it notes the command's descendants (psutil
 remembers each one's start time, so a reused pid is never mistaken for one), and once the
 command is gone, however it ended, it stops those still running (SIGTERM, then SIGKILL after
 3 s) and cancels the run's batch jobs by job name, which carries the command's pid, until none
-is left (``compute.cancel_jobs_until_gone``: a submission in flight when the command ended
+is left (``slurm.cancel_jobs_until_gone``: a submission in flight when the command ended
 lands after a first scancel). The signal handler spares it for that.
 """
 
@@ -20,6 +20,8 @@ import sys
 import time
 
 import psutil
+
+from flows.processes import terminate_then_kill
 
 INTERVAL = 0.5
 
@@ -42,14 +44,8 @@ def watch(pid: int, interval: float = INTERVAL) -> list[psutil.Process]:
         with contextlib.suppress(psutil.Error):
             if p.is_running():
                 left += [p, *p.children(recursive=True)]
-    for p in left:
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
-    _, alive = psutil.wait_procs(left, timeout=3)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    from ntkflow.compute import cancel_jobs_until_gone
+    terminate_then_kill(left, grace=3)
+    from ntkflow.cluster.slurm import cancel_jobs_until_gone
 
     cancel_jobs_until_gone(pid)
     return left

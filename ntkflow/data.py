@@ -1,33 +1,25 @@
-"""Trial data (SPEC §3): unit-norm inputs, targets drawn from a kernel Gaussian process, a split.
+"""Trial data (docs/formulas.md): unit-norm inputs, targets drawn from a kernel Gaussian
+process, a split.
 
-Everything random in trial ``k`` derives from ``SeedSequence(seed, spawn_key=(k,))``, which is
-``SeedSequence(seed).spawn(n_trials)[k]`` without depending on ``n_trials`` or on the order in
-which trials are scheduled. Its children are fixed streams: inputs, targets, split, networks.
+Inputs, targets and split are drawn from their own streams of trial k's seed (:mod:`ntkflow.seeds`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.linalg
 from scipy.linalg import blas, lapack
 
-from ntkflow.config import Config, test_size
 from ntkflow.kernels import kernel
 from ntkflow.krr import restore_lower
+from ntkflow.seeds import STREAM_SPLIT, STREAM_X, STREAM_Y, stream
+from ntkflow.split import keras_split, test_size
 
-STREAM_X, STREAM_Y, STREAM_SPLIT, STREAM_NETS = range(4)
-
-
-def trial_seed(seed: int, k: int) -> np.random.SeedSequence:
-    """Seed sequence of trial ``k``, equal to ``SeedSequence(seed).spawn(n)[k]`` for any n > k."""
-    return np.random.SeedSequence(seed, spawn_key=(k,))
-
-
-def stream(seed: int, k: int, which: int) -> np.random.SeedSequence:
-    return trial_seed(seed, k).spawn(STREAM_NETS + 1)[which]
+if TYPE_CHECKING:  # the config validates with ntkflow.split, not with this module
+    from ntkflow.config import Config
 
 
 def unit_rows(n: int, d: int, rng: np.random.Generator, low=-5.0, high=7.0) -> np.ndarray:
@@ -64,28 +56,6 @@ def sample_gp(h: np.ndarray, rng: np.random.Generator, max_steps: int = 10):
     return y, {"sampler": "eigh", "jitter": 0.0, "clipped_eigenvalues": clipped}
 
 
-def keras_split(n_train: int, validation_split: float = 0.3) -> int:
-    """Number of leading rows Keras fits with ``validation_split``, the rest being validation.
-
-    Keras (``train_validation_split`` in keras/tf.keras; ``_split`` in older Keras) computes
-    ``int(math.floor(n * (1.0 - validation_split)))`` in floating point, so 670 rows give 468 (not
-    469: 670 · 0.7 = 468.99999999999994). Like Keras, a split leaving either part empty is an
-    error; ``validation_split=0`` means no validation rows.
-    """
-    if not 0.0 <= validation_split < 1.0:
-        raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-    n_train = int(n_train)
-    if validation_split == 0.0:
-        return n_train
-    split_at = int(math.floor(n_train * (1.0 - validation_split)))
-    if split_at == 0 or split_at == n_train:
-        raise ValueError(
-            f"{n_train} training rows are not enough to split with "
-            f"validation_split={validation_split}: the fit or validation part would be empty"
-        )
-    return split_at
-
-
 @dataclass
 class TrialData:
     x: np.ndarray  # n_obs × d_in, unit rows
@@ -101,7 +71,7 @@ class TrialData:
 
 
 def simulate(cfg: Config, k: int) -> TrialData:
-    """Trial ``k`` of SPEC §3 with the run's formula variant for the ground-truth kernel."""
+    """Trial ``k`` (docs/formulas.md), with the run's formula variant for the ground truth."""
     d = cfg.data
     x = unit_rows(d.n_obs, d.d_in, np.random.default_rng(stream(cfg.seed, k, STREAM_X)))
     h = kernel(d.kernel, formulas=cfg.formulas)(x, None)

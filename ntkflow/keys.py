@@ -1,14 +1,21 @@
 """Keys that mean what they say: what determines a stored item, hashed.
 
 A run folder is named by what determines a trial's *data* (``Config.run_id``). Every item a
-trial stores (its data, a Gram, a kernel's prediction, a network, later theory curves) carries a
-``key``: a hash of the config section that determines it and of the *code version* of the modules
-that compute it. An item is reused only when its key is the one the current config and code
-would give; otherwise it is recomputed (or, with ``compute.keep_stale``, kept and listed).
+trial stores (its data, a Gram, a kernel's prediction, a network, the linearized predictors)
+carries a ``key``: a hash of the config section that determines it and of the *code version* of
+the modules that compute it. An item is reused only when its key is the one the current config
+and code would give; otherwise it is recomputed (or, with ``compute.keep_stale``, kept and
+listed).
 
-Code version = SHA-256 of the modules' syntax trees with docstrings removed, so comments,
+The modules that compute an item are not listed by hand: they are its producer's module (the
+``ntkflow/trial/`` module defining the item) and every project module it imports, directly or
+through others, lazily or not (:func:`code_modules`). A new module on an item's path is covered
+the day it is imported. The walk stops at :data:`BOUNDARY`: modules that carry no computation
+into an item's values (storage, leases, reuse checks, the cluster), or whose effect reaches the
+key another way (the config, through the hashed section; the data, through its digest).
+
+Code version = SHA-256 of those modules' syntax trees with docstrings removed, so comments,
 docstrings and formatting do not invalidate results, and any change to what the code does does.
-A new kind of item registers its modules in :data:`CODE_MODULES` and calls :func:`item_key`.
 """
 
 from __future__ import annotations
@@ -20,13 +27,19 @@ import importlib.util
 import json
 from pathlib import Path
 
-# kind → modules (or packages) whose code determines an item of that kind
-CODE_MODULES: dict[str, tuple[str, ...]] = {
-    "data": ("ntkflow.data", "ntkflow.kernels", "ntkflow.krr"),
-    "gram": ("ntkflow.kernels", "ntkflow.gram"),
-    "kernel": ("ntkflow.kernels", "ntkflow.gram", "ntkflow.krr"),
-    "network": ("ntkflow.nets", "ntkflow.train"),
-    "linearized": ("ntkflow.nets", "ntkflow.train", "ntkflow.linearized", "ntkflow.kernels"),
+PROJECT = ("ntkflow",)  # top-level packages whose modules are versioned
+
+# module (or package) → why the walk does not go through it
+BOUNDARY: dict[str, str] = {
+    "ntkflow.keys": "this module",
+    "ntkflow.store": "moves bytes; every artifact is verified by its SHA-256",
+    "ntkflow.lease": "decides who computes, not what",
+    "ntkflow.config": "its effect on an item is the config section, hashed in the key",
+    "ntkflow.cluster": "decides where an item is computed, not what",
+    "ntkflow.trial.context": "paths, leases, fault hooks; the data reach keys by their digest",
+    "ntkflow.trial.items": "the reuse, lease and save protocol around every item",
+    "ntkflow.trial.groups": "Zarr group I/O; the data reach keys by their digest",
+    "ntkflow.trial.manifest": "result.json, assembled from the records as they are",
 }
 
 
@@ -34,17 +47,67 @@ def digest(obj, n: int = 12) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
-def _sources(module: str) -> list[Path]:
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ValueError(f"unknown module {module!r} in CODE_MODULES")
-    origin = Path(spec.origin)
-    if spec.submodule_search_locations:  # a package: every module in it
-        return sorted(origin.parent.rglob("*.py"))
-    return [origin]
+def _spec(module: str):
+    try:
+        return importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # a parent that is a module, not a package
+        return None
 
 
-def _normalized(path: Path) -> str:
+def _source(module: str) -> Path | None:
+    spec = _spec(module)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
+
+
+def _ours(module: str) -> bool:
+    return module.split(".")[0] in PROJECT
+
+
+def _bounded(module: str) -> bool:
+    return any(module == b or module.startswith(b + ".") for b in BOUNDARY)
+
+
+def imported_modules(module: str) -> set[str]:
+    """The project modules ``module`` imports anywhere in its code (function bodies and
+    ``TYPE_CHECKING`` blocks included): ``from a.b import c`` names ``a.b.c`` when that is a
+    module, else ``a.b``."""
+    path = _source(module)
+    if path is None:
+        return set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from .x import y
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.add(sub if _ours(sub) and _source(sub) else base)
+    return {m for m in found if _ours(m) and m != module and _source(m) is not None}
+
+
+@functools.cache
+def code_modules(root: str) -> tuple[str, ...]:
+    """``root`` and every project module reachable from it by imports, short of
+    :data:`BOUNDARY` (``root`` itself is always included), sorted."""
+    seen, todo = {root}, [root]
+    while todo:
+        for m in imported_modules(todo.pop()):
+            if m not in seen and not _bounded(m):
+                seen.add(m)
+                todo.append(m)
+    return tuple(sorted(seen))
+
+
+def normalized(path: Path) -> str:
+    """The module's syntax tree without docstrings or positions: what its code does."""
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
@@ -60,20 +123,16 @@ def _normalized(path: Path) -> str:
 
 
 @functools.cache
-def code_version(kind: str) -> str:
-    """Version of the code computing items of ``kind`` (12 hex digits)."""
+def code_version(root: str) -> str:
+    """Version (12 hex digits) of the code computing the items defined in module ``root``."""
     h = hashlib.sha256()
-    for module in CODE_MODULES[kind]:
-        for path in _sources(module):
-            h.update(path.name.encode())
-            h.update(_normalized(path).encode())
+    for module in code_modules(root):
+        h.update(module.encode())
+        h.update(normalized(_source(module)).encode())
     return h.hexdigest()[:12]
 
 
-def code_versions() -> dict[str, str]:
-    return {kind: code_version(kind) for kind in CODE_MODULES}
-
-
-def item_key(kind: str, section: dict) -> str:
-    """The key of an item of ``kind`` determined by ``section`` (a JSON-able dict)."""
-    return digest({"kind": kind, "section": section, "code": code_version(kind)})
+def item_key(kind: str, section: dict, code: str) -> str:
+    """The key of an item of ``kind`` determined by ``section`` (a JSON-able dict) and computed
+    by code of version ``code``."""
+    return digest({"kind": kind, "section": section, "code": code})

@@ -1,4 +1,4 @@
-"""Kernel regression (SPEC §4): ŷ(X*) = K(X*, X) (K(X, X) + λI)⁻¹ y.
+"""Kernel regression (docs/formulas.md): ŷ(X*) = K(X*, X) (K(X, X) + λI)⁻¹ y.
 
 Cholesky first; if the Gram is not numerically positive definite (the published formulas can
 make it indefinite), LU; if LU finds it exactly singular, least squares. The solver used, the

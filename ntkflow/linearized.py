@@ -1,4 +1,5 @@
-"""Linearized (NTK) theory of a trained network, SPEC §6: finite-time predictions and diagnostics.
+"""Linearized (NTK) theory of a trained network (docs/theory.md): finite-time predictions and
+diagnostics.
 
 For gradient flow on ½Σ(f − y)² over the fit set X, a network linearized around its
 initialisation predicts (Jacot et al. 2018; Golikov et al. 2022, eqs. 7-9 and 89)
@@ -107,7 +108,7 @@ def sgd_replay(
     batch_size: int,
     lr: float,
 ) -> ReplayResult:
-    """The linear model f₀ + g trained by the network's own SGD steps (SPEC §6).
+    """The linear model f₀ + g trained by the network's own SGD steps (docs/theory.md).
 
     For each minibatch S (consecutive ``batch_size`` rows of each epoch's permutation of the fit
     rows; the last batch of an epoch may be smaller), with r_S = f₀(X_S) + g(X_S) − y_S,

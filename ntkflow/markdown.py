@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ntkflow.config import Config
-from ntkflow.names import same_depth
+from ntkflow.names import same_depth, same_family
 
 
 def table(summary: dict) -> pd.DataFrame:
@@ -36,7 +36,9 @@ def markdown(summary: dict, cfg: Config) -> str:
         lines += ["## Percent change from 1 to 2 layers", ""]
         lines += [f"- {fam}: {v:+.2f}%" for fam, v in summary["percent_change_1_to_2"].items()]
         lines.append("")
-    key = [p for p in summary["paired"] if same_depth(p["a"], p["b"]) or p["a"][:-1] == p["b"][:-1]]
+    key = [
+        p for p in summary["paired"] if same_depth(p["a"], p["b"]) or same_family(p["a"], p["b"])
+    ]
     if key:
         lines += [
             "## Paired differences (same trials, 95% t interval)",
@@ -127,7 +129,7 @@ def verdict_markdown(summary: dict) -> list[str]:
     return [*lines, ""]
 
 
-# ---- linearized theory (SPEC §6) ----------------------------------------------------------------
+# ---- linearized theory (docs/theory.md) ---------------------------------------------------
 def _pm(e: dict, digits: int = 4) -> str:
     if not e.get("n"):
         return "–"
@@ -141,7 +143,7 @@ def theory_markdown(summary: dict) -> list[str]:
         lines += [
             "## Does the network follow its NTK?",
             "",
-            "Linearized theory (SPEC §6) at the network's own t = 2ηE/B with its own f₀: LIN "
+            "Linearized theory at the network's own t = 2ηE/B with its own f₀: LIN "
             "(gradient flow, analytic NTK of its family), -emp (empirical NTK at "
             "initialisation), -inf (t → ∞, analytic), -sgd (the network's own SGD steps on the "
             "linear model, empirical NTK), -after (gradient flow with the empirical NTK of the "

@@ -1,51 +1,55 @@
-"""Names, formatted and parsed in one place: methods, network specs, families, seed streams.
+"""Names, formatted and parsed in one place: methods, network specs, the kernels of families.
 
 Methods (rows of results.parquet, keys of ``result.json``'s ``methods``):
 
     <KERNEL>                   kernel regression with an analytic kernel (``NTKB2``, ``K1``)
     NN<L>[<TAG>]               the trained network with L hidden layers
-    LIN<L>[<variant>][<TAG>]   its linearized predictor (SPEC §6): "", -emp, -inf, -sgd, -after
+    LIN<L>[<variant>][<TAG>]   its linearized predictor (docs/theory.md): "", -emp, -inf,
+                               -sgd, -after
 
 TAG names a sweep's grid point: ``@w<W>`` when only the width is varied (``NN1@w64``), else
 ``@key=value,...`` in :data:`SWEEP_KEYS` order (``NN1@lr=0.02``, ``LIN1-sgd@width=1024,lr=0.02``).
 
-Seed streams: everything random in trial k derives from ``SeedSequence(seed, spawn_key=(k,))``
-(:func:`ntkflow.data.trial_seed`), whose children are fixed streams:
+Method names are parsed here only: other modules ask these functions (:func:`parse_method`,
+:func:`same_depth`, :func:`same_family`, ...) rather than slicing names.
 
-    0 inputs x · 1 targets y · 2 train/test split   (ntkflow.data: STREAM_X, STREAM_Y, STREAM_SPLIT)
-    3 networks (STREAM_NETS), itself spawned into slots: slot L ≥ 1 is the depth-L network
-      (its ``torch_generator`` streams: initialisation, batch shuffle; ntkflow.nets), slot 0 the
-      fixed subsample of fit points of the kernel-drift diagnostics (SPEC §6).
-
-The data and network modules draw from these streams; this module only names and derives them
-(it is not part of any item's code version, so it can be reorganised without recomputing).
+No imports from the rest of ntkflow but two leaves: the parameterization table (the analytic
+family of each network).
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Any, NamedTuple
 
-import numpy as np
+from ntkflow.parameterizations import NETWORK_FAMILIES, PARAMETERIZATIONS
 
-if TYPE_CHECKING:  # the config imports this module
-    from ntkflow.config import Config
-
-# ---- parameterizations and their analytic kernels ------------------------------------------
-FAMILY_OF = {"ntkj": "NTKJ", "ntkb": "NTKB", "standard": None}  # network → analytic NTK family
+# A run's configuration (ntkflow.config.Config): not imported, since the config imports this module.
+_Config = Any
 
 # LIN<L>, LIN<L>-emp, -inf, -sgd, -after (the empirical NTK of the trained network)
 THEORY_VARIANTS = ("", "-emp", "-inf", "-sgd", "-after")
 ANALYTIC_VARIANTS = ("", "-inf")  # need the analytic NTK of the network's family
-# each variant is compared with the predictor it differs from in one respect (SPEC §6)
+# each variant is compared with the predictor it differs from in one respect (docs/theory.md)
 REFERENCE_OF = {"-emp": "", "-sgd": "-emp", "-inf": "", "-after": "-emp"}
 
 
+# ---- the analytic kernels of the networks' families ------------------------------------------
 def theory_kernel(parameterization: str, depth: int) -> str | None:
     """The analytic NTK of a network (ntkj → NTKJ<L>, ntkb → NTKB<L>; none for "standard")."""
-    family = FAMILY_OF[parameterization]
+    family = PARAMETERIZATIONS[parameterization].family
     return f"{family}{depth}" if family else None
+
+
+def family_kernels(depth: int) -> list[str]:
+    """The analytic NTK at ``depth`` of every network family: ["NTKJ<L>", "NTKB<L>"]."""
+    return [f"{family}{depth}" for family in NETWORK_FAMILIES]
+
+
+def network_name(depth: int | None, tag: str = "") -> str:
+    """``NN<L><TAG>``; ``NN<TAG>`` for a label over every depth (depth None)."""
+    return f"NN{'' if depth is None else depth}{tag}"
 
 
 # ---- sweeps: the grid of training settings (``networks.vary``) -----------------------------
@@ -120,7 +124,7 @@ class Method(NamedTuple):
         """The network this method belongs to (``LIN2-emp@w8`` → ``NN2@w8``)."""
         if self.kind == "kernel":
             return None
-        return f"NN{self.depth}{self.tag}"
+        return network_name(self.depth, self.tag)
 
 
 def parse_method(name: str) -> Method:
@@ -148,6 +152,20 @@ def same_point(a: str, b: str) -> bool:
     return pa.tag == pb.tag or "kernel" in (pa.kind, pb.kind)
 
 
+def same_family(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` are one family at two depths (NTKB1 and NTKB2, NN1 and NN2):
+    names ``<PREFIX><L>`` with one prefix, see :func:`depth_series`."""
+    sa, sb = depth_series(a), depth_series(b)
+    return sa is not None and sb is not None and sa[0] == sb[0] and sa[1] != sb[1]
+
+
+def depth_series(name: str) -> tuple[str, int] | None:
+    """(prefix, depth) of a name ``<PREFIX><L>``: a kernel (``NTKB2`` → ("NTKB", 2)), a network
+    or its LIN predictor outside a sweep (``NN1``, ``LIN1``); None otherwise (``LIN1-emp``)."""
+    m = re.fullmatch(r"([A-Z]+?)(\d+)", name)
+    return (m[1], int(m[2])) if m else None
+
+
 def _kernel_depth(name: str) -> int | None:
     m = re.search(r"(\d+)$", name)
     return int(m[1]) if m else None
@@ -167,11 +185,11 @@ class NetSpec(NamedTuple):
 
     @property
     def name(self) -> str:
-        return f"NN{self.depth}{self.tag}"
+        return network_name(self.depth, self.tag)
 
     @property
     def t(self) -> float:
-        """The linearized time of its training, t = 2ηE/B (SPEC §6)."""
+        """The linearized time of its training, t = 2ηE/B (docs/theory.md)."""
         return 2 * self.lr * self.epochs / self.batch_size
 
     @property
@@ -198,7 +216,7 @@ def network_depths(n) -> list[int]:
     return list(n.vary.get("depths", n.depths))
 
 
-def network_specs(cfg: Config) -> list[NetSpec]:
+def network_specs(cfg: _Config) -> list[NetSpec]:
     """The trial's networks: per depth, one per grid point of ``networks.vary`` (one in all
     outside a sweep). With ``networks.keep_t`` the epochs of each learning rate keep the base
     t = 2ηE/B (rounded to whole epochs; the record has the t trained to)."""
@@ -226,23 +244,9 @@ def kept_t_epochs(epochs: int, lr: float, new_lr: float) -> int:
     return max(1, round(epochs * lr / new_lr))
 
 
-def network_spec(cfg: Config, name: str) -> NetSpec:
+def network_spec(cfg: _Config, name: str) -> NetSpec:
     """The spec of the network named ``name`` (``NN1``, ``NN1@w64``, ``NN2@lr=0.02``)."""
     for s in network_specs(cfg):
         if s.name == name:
             return s
     raise ValueError(f"no network {name!r} in this configuration")
-
-
-# ---- seed streams ---------------------------------------------------------------------------
-def net_seed(cfg: Config, k: int, depth: int) -> np.random.SeedSequence:
-    """Initialisation and batch order of trial k's depth-L network (independent per depth)."""
-    from ntkflow.data import STREAM_NETS, stream
-
-    # child ``depth`` of the stream does not depend on how many are spawned
-    return stream(cfg.seed, k, STREAM_NETS).spawn(depth + 1)[depth]
-
-
-def ntk_subsample_seed(cfg: Config, k: int) -> np.random.SeedSequence:
-    """Seed of the trial's fixed drift subsample: slot 0 of the networks' streams (depths ≥ 1)."""
-    return net_seed(cfg, k, 0)

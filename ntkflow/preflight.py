@@ -55,24 +55,25 @@ def check_out(url: str) -> None:
 def check_cluster(cluster: str, connect_timeout: float, compute=None) -> None:
     """``--cluster``: dask-cuda and a GPU for ``cuda``; a scheduler answering at an address; a
     readable spec file whose extra is installed (the flow starts its cluster)."""
-    if cluster.endswith((".yaml", ".yml")):
-        from ntkflow.compute import resolve_cluster
-
-        resolve_cluster(cluster, compute)  # ClusterError (a ConfigError): exit status 2
-        return
-    if cluster == "local":
-        return
     if cluster == "cuda":
         check_cuda()
+        return
+    from ntkflow.cluster.plans import resolve_cluster
+
+    # the plan decides what the name is (an address by ntkflow.cluster.address.parse_address);
+    # a bad spec file or address is a ClusterError (a ConfigError): exit status 2
+    address = resolve_cluster(cluster, compute).address
+    if address is None:  # local, or a spec file: the flow starts that cluster
         return
     from distributed import Client
 
     try:
-        with Client(cluster, timeout=f"{connect_timeout}s"):
+        with Client(address, timeout=f"{connect_timeout}s"):
             pass
     except (OSError, TimeoutError, ValueError) as e:
+        at = f" ({address})" if address != cluster else ""
         raise PlaceError(
-            f"--cluster {cluster}: no Dask scheduler answered within {connect_timeout:g} s "
+            f"--cluster {cluster}{at}: no Dask scheduler answered within {connect_timeout:g} s "
             f"({type(e).__name__}: {e}).\n  Start one (`dask scheduler`) or fix the address; "
             "the wait is --set compute.connect_timeout=SECONDS."
         ) from e

@@ -15,6 +15,7 @@ from ntkflow.config import Config
 from ntkflow.names import network_specs
 from ntkflow.store import Store
 from ntkflow.trial import Trial, complete, method_key
+from ntkflow.trial.items import code_versions
 from ntkflow.trial.manifest import check
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ def collect(
                     {"trial": k, "method": m, "key": item.get("key"), "code": item.get("code")}
                 )
             flat = {key: v for key, v in item.items() if not isinstance(v, (list, dict))}
-            for i, v in enumerate(item.get("param_rel_change") or []):  # per layer, SPEC §6
+            for i, v in enumerate(item.get("param_rel_change") or []):  # per layer (docs/theory.md)
                 flat[f"param_rel_change_l{i}"] = v
             # a method can fail alone (a diverged network): its own record says so
             rows.append({"trial": k, **flat, "method": m, "status": item.get("status", "ok")})
@@ -168,7 +169,7 @@ def aggregate(cfg: Config, store: Store, run_info: dict | None = None, deep=Fals
         "failed_trials": [f["trial"] for f in failed],
         "failures": failed,
         # code versions (ntkflow.keys) of the items summarised, and those of this code
-        "code_versions": {"items": produced, "current": keys.code_versions()},
+        "code_versions": {"items": produced, "current": code_versions()},
         "stale_items": stale,
         **theory_sections(cfg, df, [f["trial"] for f in failed]),
         "inputs": inputs_digest(cfg, results),  # a rerun with the same inputs need not redo it

@@ -1,15 +1,22 @@
-"""Statistics over trials (SPEC §7)."""
+"""Statistics over trials (docs/theory.md)."""
 
 from __future__ import annotations
 
 import itertools
-import re
 
 import numpy as np
 import pandas as pd
 from scipy.special import stdtrit  # Student's t quantile: t.ppf(q, df) == stdtrit(df, q)
 
-from ntkflow.names import SCALE_KEYS, THEORY_VARIANTS, parse_method, same_point, sweep_tag
+from ntkflow.names import (
+    SCALE_KEYS,
+    THEORY_VARIANTS,
+    depth_series,
+    network_name,
+    parse_method,
+    same_point,
+    sweep_tag,
+)
 
 
 def method_stats(rmse: np.ndarray) -> dict[str, float]:
@@ -53,9 +60,9 @@ def summarize(df: pd.DataFrame, methods: list[str]) -> dict:
     per_method = {m: method_stats(ok.loc[ok.method == m, "rmse"].to_numpy()) for m in methods}
     families: dict[str, dict[int, str]] = {}
     for m in methods:
-        hit = re.fullmatch(r"([A-Z]+?)(\d+)", m)
-        if hit:
-            families.setdefault(hit[1], {})[int(hit[2])] = m
+        series = depth_series(m)
+        if series:
+            families.setdefault(series[0], {})[series[1]] = m
     change = {}
     for fam, depths in families.items():
         if 1 in depths and 2 in depths:
@@ -72,7 +79,7 @@ def summarize(df: pd.DataFrame, methods: list[str]) -> dict:
     return {"methods": per_method, "percent_change_1_to_2": change, "paired": paired}
 
 
-# ---- linearized theory (SPEC §6) ----------------------------------------------------------------
+# ---- linearized theory (docs/theory.md) ---------------------------------------------------
 THEORY_DIAGNOSTICS = ("ntk_drift", "ntk_init_error", "ntk_final_error")
 
 
@@ -103,7 +110,7 @@ def missing_trials(
 
 
 def theory_summary(df: pd.DataFrame, specs) -> dict:
-    """Per network: how far each linearized predictor is from it (SPEC §6).
+    """Per network: how far each linearized predictor is from it (docs/theory.md).
 
     For each LIN method, over the trials where both it and the network succeeded: the RMSE
     between their test predictions (``gap``), the same relative to the network's test RMSE
@@ -159,7 +166,7 @@ def series(specs, key: str, varied) -> dict[str, list]:
     out: dict[str, list] = {}
     for s in specs:
         others = {k: s.setting(k) for k in varied if k not in (key, "depths")}
-        label = ("NN" if key == "depths" else f"NN{s.depth}") + sweep_tag(others)
+        label = network_name(None if key == "depths" else s.depth, sweep_tag(others))
         out.setdefault(label, []).append(s)
     return out
 
@@ -226,10 +233,10 @@ def width_slopes(df: pd.DataFrame, specs, varied=("width",), level: float = 0.95
         widths = [s.width for s in group]
         logw = np.log(widths)
         res = {}
-        for base in (parse_method(m).base for m in group[0].theory_methods()):
-            gaps, rel_rmse, ref = {}, [], []
+        for method in map(parse_method, group[0].theory_methods()):
+            base, gaps, rel_rmse, ref = method.base, {}, [], []
             for s in group:
-                lin = ok[ok.method == f"{base}{s.tag}"].set_index("trial")
+                lin = ok[ok.method == s.theory_method(method.variant)].set_index("trial")
                 if "rmse_vs_reference" in lin:
                     ref.append(_mean_se(lin["rmse_vs_reference"]).get("mean", float("nan")))
                 nn = ok[ok.method == s.name].set_index("trial")

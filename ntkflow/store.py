@@ -67,11 +67,7 @@ class Store:
         parent = target.rsplit("/", 1)[0]
         self.fs.makedirs(parent, exist_ok=True)
         if self.local:
-            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{target.rsplit('/', 1)[1]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            tmp = _durable_temp(parent, data, "-" + target.rsplit("/", 1)[1])
             try:
                 os.replace(tmp, target)
             except IsADirectoryError:  # a folder where this file belongs: never ours, replace it
@@ -154,11 +150,7 @@ class Store:
         parent = target.rsplit("/", 1)[0]
         self.fs.makedirs(parent, exist_ok=True)
         if self.local:
-            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            tmp = _durable_temp(parent, data)
             try:
                 os.link(tmp, target)
                 return True
@@ -253,6 +245,18 @@ class Store:
         if self.local:
             return zarr.storage.LocalStore(self.path(rel), read_only=read_only)
         return zarr.storage.FsspecStore.from_url(self.url + "/" + rel, read_only=read_only)
+
+
+def _durable_temp(parent: str, data: bytes, suffix: str = "") -> str:
+    """A new temporary file ``parent/.tmp-<uuid><suffix>`` holding ``data``, flushed and
+    fsync'ed: whole on disk before it is renamed or linked into place, so a crash leaves either
+    nothing or a complete file at the target (and a ``.tmp-`` file that sweeps remove)."""
+    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}{suffix}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
 
 
 def _local_files(base: str) -> dict[str, int]:

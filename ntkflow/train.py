@@ -1,4 +1,4 @@
-"""The paper's training protocol (SPEC §5): plain SGD on the mean squared error, batch 8.
+"""The paper's training protocol (docs/formulas.md): plain SGD on the mean squared error, batch 8.
 
 Protocol, as in the paper's released (Keras) code:
 
@@ -6,18 +6,14 @@ Protocol, as in the paper's released (Keras) code:
   arrays (in split order) are fit; the remaining rows are held out. Their loss is logged, never
   trained on, never used for stopping.
 - Every epoch the fit rows are reshuffled (a permutation drawn from the trial seed, stream
-  :data:`ntkflow.nets.STREAM_SHUFFLE`) and cut into consecutive batches of ``batch_size``; the last
+  :data:`ntkflow.seeds.STREAM_SHUFFLE`) and cut into consecutive batches of ``batch_size``; the last
   batch is smaller when ``batch_size`` does not divide n_fit (468 = 58·8 + 4), as in Keras.
 - Loss of a batch: mean over the batch of (f − y)² (no ½). Update: θ ← θ − lr ∇loss (no momentum,
-  no weight decay). One epoch corresponds to linearized time t = 2·lr/batch_size (SPEC §6).
+  no weight decay). One epoch corresponds to linearized time t = 2·lr/batch_size (docs/theory.md).
 
-The SGD step is written out by hand for :class:`ntkflow.nets.FCNet` (forward, backward through
-the ReLUs, and in-place updates ``W ← W − lr·weight_mult·δᵀh`` as one ``addmm_`` per layer): no
-autograd graph and no optimizer, so the per-step Python overhead is a few small kernel launches,
-and every weight matrix is streamed 4 times per step (read by forward, backward and update, written
-by the update) instead of about 6 with autograd + torch.optim. ``tests/test_nets.py`` checks
-the step against autograd. The only host-device synchronisation is once per epoch, to test the
-epoch's loss for NaN/inf (:class:`TrainingDiverged`), and at logged epochs.
+The SGD step is written out by hand (:mod:`ntkflow.sgd`: no autograd graph, no optimizer). The
+only host-device synchronisation is once per epoch, to test the epoch's loss for NaN/inf
+(:class:`TrainingDiverged`), and at logged epochs.
 
 Public API::
 
@@ -44,8 +40,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ntkflow.data import keras_split
-from ntkflow.nets import STREAM_SHUFFLE, FCNet, SeedLike, layer_norms, torch_generator
+from ntkflow.empirical import layer_norms
+from ntkflow.nets import FCNet
+from ntkflow.seeds import STREAM_SHUFFLE, SeedLike, torch_generator
+from ntkflow.sgd import sgd_step, step_plan
+from ntkflow.split import keras_split
 
 
 class TrainingDiverged(RuntimeError):
@@ -112,42 +111,6 @@ def set_torch_threads(n: int) -> None:
         pass
 
 
-# relu'(z) applied to a gradient, given h = relu(z): the kernel autograd itself uses for ReLU
-# (one op instead of a comparison plus a multiply).
-_relu_backward = torch.ops.aten.threshold_backward
-
-
-def _step_plan(layers) -> list[tuple]:
-    """Per layer (W, Wᵀ, b, weight_mult, bias_mult). Wᵀ is a view: it follows in-place updates."""
-    return [(m.weight, m.weight.t(), m.bias, m.weight_mult, m.bias_mult) for m in layers]
-
-
-def _sgd_step(plan, x: torch.Tensor, y: torch.Tensor, lr: float, sse: torch.Tensor) -> None:
-    """One SGD step on mean((f − y)²) over the batch, in place; adds Σ(f − y)² to sse (1 × 1).
-
-    Layer l computes z_l = a_l · h_l W_lᵀ + β_l · b_l (a = weight_mult, β = bias_mult) and
-    h_{l+1} = relu(z_l). With δ_l = ∂loss/∂z_l: δ_out = 2(f − y)/B, ∂loss/∂W_l = a_l δ_lᵀ h_l,
-    ∂loss/∂b_l = β_l Σ_batch δ_l and δ_{l-1} = a_l (δ_l W_l) ⊙ relu'(z_{l-1}).
-    δ_l is kept as scale · d with the scalar scale on the host, so no kernel multiplies by a_l.
-    Must run under ``torch.no_grad()``.
-    """
-    hs = [x]
-    for _w, wt, b, a, beta in plan[:-1]:
-        hs.append(torch.relu(torch.addmm(b, hs[-1], wt, beta=beta, alpha=a)))
-    _w, wt, b, a, beta = plan[-1]
-    d = torch.addmm(b, hs[-1], wt, beta=beta, alpha=a).sub_(y)  # f − y
-    sse.addmm_(d.t(), d)
-    scale = 2.0 / x.shape[0]
-    for l in range(len(plan) - 1, -1, -1):
-        w, wt, b, a, beta = plan[l]
-        if l > 0:  # d for the layer below, computed before W_l is updated
-            d_below = _relu_backward(torch.mm(d, w), hs[l], 0.0)
-        w.addmm_(d.t(), hs[l], alpha=-lr * scale * a)
-        b.add_(d.sum(0), alpha=-lr * scale * beta)
-        if l > 0:
-            d, scale = d_below, scale * a
-
-
 def _as_tensor(a, like: torch.Tensor, column: bool = False) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a)
     t = t.to(dtype=like.dtype, device=like.device)
@@ -157,7 +120,7 @@ def _as_tensor(a, like: torch.Tensor, column: bool = False) -> torch.Tensor:
 def epoch_permutations(seed: SeedLike, n_fit: int, epochs: int) -> Iterator[torch.Tensor]:
     """The order in which :func:`train_network` visits the fit rows, one permutation per epoch.
 
-    Drawn on the CPU from the seed's shuffle stream (:data:`ntkflow.nets.STREAM_SHUFFLE`), so
+    Drawn on the CPU from the seed's shuffle stream (:data:`ntkflow.seeds.STREAM_SHUFFLE`), so
     the same ``(seed, n_fit)`` gives the same batches on every device: the linearized SGD replay
     (:func:`ntkflow.linearized.sgd_replay`) regenerates the network's exact batch order from the
     seed instead of recording it.
@@ -250,7 +213,7 @@ def train_network(
             progress(epoch, row)
 
     batches = batch_slices(n_fit, batch_size)
-    plan = _step_plan(layers)
+    plan = step_plan(layers)
     sse = torch.zeros((1, 1), dtype=like.dtype, device=like.device)
     with torch.no_grad():
         log(0, math.nan)
@@ -260,7 +223,7 @@ def train_network(
             xs, ys = xf[perm], yf[perm]  # one gather per epoch; batches are views
             sse.zero_()
             for b in batches:
-                _sgd_step(plan, xs[b], ys[b], lr, sse)
+                sgd_step(plan, xs[b], ys[b], lr, sse)
             sgd_loss = float(sse) / n_fit  # the one synchronisation per epoch
             if not math.isfinite(sgd_loss):
                 raise TrainingDiverged(

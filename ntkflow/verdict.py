@@ -19,9 +19,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from ntkflow.names import family_kernels
 from ntkflow.stats import paired_difference
-
-KERNEL_FAMILIES = ("NTKJ", "NTKB")
 
 
 def verdict(df: pd.DataFrame, specs, methods: list[str]) -> dict[str, dict]:
@@ -36,7 +35,7 @@ def verdict(df: pd.DataFrame, specs, methods: list[str]) -> dict[str, dict]:
         entry: dict = {"network": s.name, "depth": s.depth, "nn_rmse": mean}
         paper = {}
         own = [s.kernel] if s.kernel else []  # the network's own family first
-        for k in own + [f"{f}{s.depth}" for f in KERNEL_FAMILIES if f"{f}{s.depth}" not in own]:
+        for k in own + [k for k in family_kernels(s.depth) if k not in own]:
             if k not in methods:
                 continue
             kr = ok[ok.method == k].set_index("trial")["rmse"]
@@ -108,7 +107,7 @@ def sentence(entry: dict) -> str:
     name, outcome = entry["network"], entry["supports"]
     kern, m = _own_kernel(entry), entry.get("matched")
     if outcome == "undecided":
-        kernels = " or ".join(f"{f}{entry['depth']}" for f in KERNEL_FAMILIES)
+        kernels = " or ".join(family_kernels(entry["depth"]))
         return (
             f"{name}: no verdict: it needs both comparisons over at least two trials (kernel "
             f"regression {kernels} among the run's kernels, and LIN-sgd)."

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from ntkflow import trial
+from ntkflow.config.presets import load_config
 from ntkflow.names import NetSpec, network_specs, parse_method
-from ntkflow.presets import load_config
 from ntkflow.store import Store
 from ntkflow.trial.network import (
     initial_network,

@@ -11,7 +11,7 @@ from filelock import FileLock
 from launch import kill_tree, launch, n_complete, summary
 
 from ntkflow import report as rep
-from ntkflow.presets import load_config
+from ntkflow.config.presets import load_config
 from ntkflow.store import Store
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ntkflow.presets import load_config
+from ntkflow.config.presets import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS_ONLY = ["run", "--preset", "smoke", "--kernels-only"]
@@ -153,6 +153,88 @@ def test_report_on_a_malformed_config_yaml(tmp_path, run_cli):
     _usage_error(run_cli("report", str(run_dir)), "config.yaml")
     (run_dir / "config.yaml").write_text("- just\n- a list\n")
     _usage_error(run_cli("report", str(run_dir)), "expected a mapping")
+
+
+# ---- in-process: main(argv) returns the exit status ----------------------------------------
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["run", "--set", "trials"], "trials"),  # no =VALUE
+        (["run", "--set", "data.noise_std=[1, 2]"], "data.noise_std"),
+        (["run", "--set", "nosuchkey=3"], "nosuchkey"),
+        (["run", "--preset", "nosuchpreset"], "nosuchpreset"),
+        (["run", "--nosuchoption"], "--nosuchoption"),
+        (["sweep", "--widths", "64", "--kernels-only"], "--kernels-only"),  # a sweep trains
+        (["run", "--formulas", "approximate"], "approximate"),
+        (["sweep", "--widths", "64,x"], "64,x"),
+        (["frobnicate"], "frobnicate"),
+    ],
+)
+def test_usage_errors_in_process(tmp_path, capsys, argv, named):
+    """main(argv) returns 2 for a usage error (the config's or argparse's), with the bad value
+    named on stderr, and starts nothing: no run folder, nothing on stdout."""
+    from flows.cli import main
+
+    out = tmp_path / "runs"
+    assert main([*argv, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert named in captured.err, captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert not out.exists()
+
+
+def _help(capsys, *argv) -> str:
+    from flows.cli import main
+
+    assert main([*argv, "--help"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    return captured.out
+
+
+def test_help_describes_ntkflow_with_examples(capsys):
+    from flows.cli import DESCRIPTION
+
+    text = _help(capsys)
+    assert DESCRIPTION in text and "examples:" in text
+    assert "ntkflow run --preset smoke --kernels-only" in text
+    assert "lives in flows/" not in text  # the module's docstring is no description
+    for command in ("run", "sweep", "report", "verify", "presets"):
+        assert f"    {command} " in text
+
+
+@pytest.mark.parametrize(
+    "command, words",
+    [
+        ("run", ["Run an experiment", "ntkflow run --preset smoke", "--kernels-only"]),
+        ("sweep", ["several training settings", "ntkflow sweep --preset smoke --widths"]),
+        ("report", ["Re-verify and re-aggregate", "ntkflow report runs/<run-id>", "RUN_DIR"]),
+        ("verify", ["Deep-check every trial", "ntkflow verify runs/<run-id>", "RUN_DIR"]),
+        ("presets", ["List presets", "example:\n  ntkflow presets"]),
+    ],
+)
+def test_each_command_has_a_description_and_an_example(capsys, command, words):
+    text = _help(capsys, command)
+    assert "example:" in text
+    for w in words:
+        assert w in " ".join(text.split()) or w in text, (w, text)
+    if command in ("report", "verify"):
+        assert "<out>/<run-id>" in text and "URL" in text  # what RUN_DIR is
+
+
+def test_every_option_has_a_help_line_and_sweep_offers_no_kernels_only():
+    """Every option of every command says what it does; a sweep, which trains networks, does
+    not offer --kernels-only (and refuses it: test_usage_errors_in_process)."""
+    import argparse
+
+    from flows.cli import _parser
+
+    subparsers = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in subparsers.choices.items():
+        for action in parser._actions:
+            assert action.help, (name, action.option_strings or action.dest)
+    sweep = {o for a in subparsers.choices["sweep"]._actions for o in a.option_strings}
+    assert "--kernels-only" not in sweep and "--widths" in sweep and "--formulas" in sweep
 
 
 @pytest.mark.slow

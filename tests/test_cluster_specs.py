@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ntkflow import compute
-from ntkflow.compute import ClusterError
+from ntkflow.cluster import lifecycle, plans, resources
+from ntkflow.cluster.errors import ClusterError
 from ntkflow.config import ComputeConfig, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,14 +21,14 @@ def test_local_workers_follow_the_cpu_affinity():
     """Slurm and cgroups restrict the affinity mask; os.cpu_count() still reports the host."""
     code = (
         "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-        "from ntkflow import compute; "
-        "print(compute.default_workers(), compute.resolve_cluster('local').kwargs['n_workers'])"
+        "from ntkflow.cluster import plans, resources; "
+        "print(resources.default_workers(), plans.resolve_cluster('local').kwargs['n_workers'])"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout.split()
     assert out == ["1", "1"]
-    plan = compute.resolve_cluster("local", ComputeConfig(threads_per_worker=1))
+    plan = plans.resolve_cluster("local", ComputeConfig(threads_per_worker=1))
     assert plan.kwargs["n_workers"] == len(os.sched_getaffinity(0))
 
 
@@ -36,15 +36,15 @@ def test_local_cluster_workers_see_no_gpu_and_declare_none():
     """`--cluster local` never puts trainings on cuda:0: its workers see no GPU at all."""
     from distributed import Client, LocalCluster
 
-    plan = compute.resolve_cluster("local", ComputeConfig(n_workers=1))
+    plan = plans.resolve_cluster("local", ComputeConfig(n_workers=1))
     assert plan.train_resources == {}
     with LocalCluster(**plan.kwargs) as cluster, Client(cluster) as client:
         seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
         assert list(seen.values()) == [""]
-        assert not compute.cluster_has_gpus(client)
-        compute.check_resources(client, {})  # nothing required: fine
+        assert not resources.cluster_has_gpus(client)
+        resources.check_resources(client, {})  # nothing required: fine
         with pytest.raises(ClusterError, match=r"need Dask resources \{'GPU': 1\}.*--resources"):
-            compute.check_resources(client, {"GPU": 1})
+            resources.check_resources(client, {"GPU": 1})
 
 
 def test_a_process_exits_without_collecting_after_its_other_exit_handlers():
@@ -54,7 +54,7 @@ def test_a_process_exits_without_collecting_after_its_other_exit_handlers():
     code = (
         "import atexit, gc\n"
         "atexit.register(lambda: print('last', gc.get_freeze_count() > 0, flush=True))\n"
-        "from ntkflow.compute import exit_without_collecting\n"
+        "from ntkflow.cluster.processes import exit_without_collecting\n"
         "exit_without_collecting()\n"
         "atexit.register(lambda: print('first', gc.get_freeze_count(), flush=True))\n"
         "cycle = []; cycle.append(cycle)\n"
@@ -73,7 +73,8 @@ def test_a_process_that_started_worker_processes_leaves_no_resource_tracker_behi
     code = (
         "import multiprocessing as mp\n"
         "from multiprocessing import resource_tracker\n"
-        "from ntkflow.compute import end_resource_tracker_at_exit, exit_without_collecting\n"
+        "from ntkflow.cluster.processes import end_resource_tracker_at_exit\n"
+        "from ntkflow.cluster.processes import exit_without_collecting\n"
         "exit_without_collecting()\n"
         "end_resource_tracker_at_exit()\n"
         "if __name__ == '__main__':\n"
@@ -89,7 +90,7 @@ def test_workers_reuse_freed_memory_for_large_arrays():
     """Dask's nanny starts each worker with MALLOC_TRIM_THRESHOLD_ set, so every large NumPy
     temporary is a fresh mmap, faulted in page by page (a paper trial took 1.8x its CPU); once
     prepare_workers has run, a worker reuses freed memory as a plain process does."""
-    from flows import runtime
+    from flows import workers
 
     def minor_faults(n: int = 20, mib: int = 2) -> int:
         """Minor page faults of n arrays of ``mib`` MiB, each filled and freed in turn (under
@@ -105,10 +106,10 @@ def test_workers_reuse_freed_memory_for_large_arrays():
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
     pages = 20 * 2 * 2**20 // os.sysconf("SC_PAGE_SIZE")  # of the 20 arrays
-    plan = compute.resolve_cluster("local", ComputeConfig(n_workers=1))
-    with compute.start_cluster(plan) as address, compute.connect(address) as client:
+    plan = plans.resolve_cluster("local", ComputeConfig(n_workers=1))
+    with lifecycle.start_cluster(plan) as address, lifecycle.connect(address) as client:
         (dask_default,) = client.run(minor_faults).values()
-        runtime.prepare_workers(client, None)
+        workers.prepare_workers(client, None)
         (prepared,) = client.run(minor_faults).values()
     assert dask_default > pages / 2  # each array faulted in anew
     assert prepared < pages / 20  # the same memory, reused
@@ -127,17 +128,17 @@ def test_check_resources_accepts_a_worker_that_declares_them():
         ) as cluster,
         Client(cluster) as client,
     ):
-        assert compute.cluster_has_gpus(client)
-        compute.check_resources(client, {"GPU": 1})
+        assert resources.cluster_has_gpus(client)
+        resources.check_resources(client, {"GPU": 1})
         with pytest.raises(ClusterError, match="GPU=1"):  # declared, but not enough
-            compute.check_resources(client, {"GPU": 2})
+            resources.check_resources(client, {"GPU": 2})
 
 
 def test_slurm_spec_renders_a_gpu_job_script():
     pytest.importorskip("dask_jobqueue", reason="needs the slurm extra")
     from dask_jobqueue import SLURMCluster
 
-    plan = compute.resolve_cluster("deploy/slurm-gpu.yaml")
+    plan = plans.resolve_cluster("deploy/slurm-gpu.yaml")
     assert plan.cluster_class == "dask_jobqueue.SLURMCluster"
     assert plan.train_resources == {"GPU": 1}
     assert plan.adapt == {"minimum": 0, "maximum": 8}
@@ -165,7 +166,7 @@ def _crd_schema():
 
 def _k8s_plan():
     pytest.importorskip("dask_kubernetes", reason="needs the k8s extra")
-    return compute.resolve_cluster("deploy/k8s-gpu.yaml")
+    return plans.resolve_cluster("deploy/k8s-gpu.yaml")
 
 
 def test_kubernetes_spec_gpu_limits_on_workers_only():
@@ -206,23 +207,23 @@ def _spec(tmp_path, body: dict) -> str:
 
 def test_bad_cluster_names_and_specs(tmp_path):
     with pytest.raises(ClusterError, match=r"unknown cluster 'deploy/nope.yaml'.*slurm-gpu"):
-        compute.resolve_cluster("deploy/nope.yaml")
+        plans.resolve_cluster("deploy/nope.yaml")
     with pytest.raises(ClusterError, match="unknown cluster 'gpu-box'"):
-        compute.resolve_cluster("gpu-box")
+        plans.resolve_cluster("gpu-box")
     with pytest.raises(ClusterError, match=r"unknown key\(s\) \['kwarg'\]"):
-        compute.resolve_cluster(_spec(tmp_path, {"class": "distributed.LocalCluster", "kwarg": 1}))
+        plans.resolve_cluster(_spec(tmp_path, {"class": "distributed.LocalCluster", "kwarg": 1}))
     with pytest.raises(ClusterError, match="has no cluster class 'Nope'"):
-        compute.resolve_cluster(_spec(tmp_path, {"class": "distributed.Nope"}))
+        plans.resolve_cluster(_spec(tmp_path, {"class": "distributed.Nope"}))
     with pytest.raises(ClusterError, match="adapt takes"):
-        compute.resolve_cluster(
+        plans.resolve_cluster(
             _spec(tmp_path, {"class": "distributed.LocalCluster", "adapt": {"max": 3}})
         )
     # an error is a ConfigError for the field `cluster` (exit status 2 from the CLI)
     with pytest.raises(ConfigError) as e:
-        compute.resolve_cluster("deploy/nope.yaml")
+        plans.resolve_cluster("deploy/nope.yaml")
     assert e.value.errors[0][0] == "cluster"
-    assert compute.resolve_cluster("tcp://10.0.0.1:8786").address == "tcp://10.0.0.1:8786"
-    assert compute.resolve_cluster("scheduler:8786").train_resources is None
+    assert plans.resolve_cluster("tcp://10.0.0.1:8786").address == "tcp://10.0.0.1:8786"
+    assert plans.resolve_cluster("scheduler:8786").train_resources is None
 
 
 def test_missing_extra_is_named(tmp_path):
@@ -235,14 +236,14 @@ def test_missing_extra_is_named(tmp_path):
         pass
     for name in ("cuda", "deploy/cuda-local.yaml"):
         with pytest.raises(ClusterError, match=r"dask_cuda is not installed: `pip install 'ntk"):
-            compute.resolve_cluster(name)
+            plans.resolve_cluster(name)
 
 
 def test_threads_per_worker_applies_to_spec_clusters():
     """compute.threads_per_worker, when set, wins over a spec's own thread settings: the Slurm
     job's worker gets --nthreads and the math libraries' variables after the spec's prologue."""
-    shipped = compute.load_spec("deploy/slurm-gpu.yaml", ComputeConfig())
-    plan = compute.load_spec("deploy/slurm-gpu.yaml", ComputeConfig(threads_per_worker=3))
+    shipped = plans.load_spec("deploy/slurm-gpu.yaml", ComputeConfig())
+    plan = plans.load_spec("deploy/slurm-gpu.yaml", ComputeConfig(threads_per_worker=3))
     assert plan.kwargs["worker_extra_args"] == [
         *shipped.kwargs["worker_extra_args"],
         "--nthreads",
@@ -257,5 +258,6 @@ def test_threads_per_worker_applies_to_spec_clusters():
     with SLURMCluster(**kwargs) as cluster:
         script = cluster.job_script()
     assert script.rstrip().endswith("--nthreads 3") and "export OMP_NUM_THREADS=3" in script
-    local = compute._with_threads("distributed.LocalCluster", {"env": {"A": "1"}}, 2)
-    assert local["threads_per_worker"] == 2 and local["env"] == {"A": "1", **compute.worker_env(2)}
+    local = plans._with_threads("distributed.LocalCluster", {"env": {"A": "1"}}, 2)
+    assert local["threads_per_worker"] == 2
+    assert local["env"] == {"A": "1", **resources.worker_env(2)}

@@ -148,7 +148,7 @@ def test_a_holder_that_was_taken_over_notices(store):
 def _launch_together(tmp_path, n, sets):
     from launch import launch, summary
 
-    from ntkflow.presets import load_config
+    from ntkflow.config.presets import load_config
 
     args = ["run", "--preset", "smoke", "--kernels-only", *[a for s in sets for a in ("--set", s)]]
     out = tmp_path / "runs"

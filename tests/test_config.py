@@ -5,7 +5,7 @@ import yaml
 
 from flows.cli import main
 from ntkflow.config import Config, ConfigError, test_size, validate
-from ntkflow.presets import PRESETS, load_config, parse_set
+from ntkflow.config.presets import PRESETS, load_config, parse_set
 
 
 def test_presets_resolve_to_spec_values():

@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 
-from ntkflow.data import keras_split, sample_gp, simulate, trial_seed
+from ntkflow.config.presets import load_config
+from ntkflow.data import sample_gp, simulate
 from ntkflow.kernels import kernel
-from ntkflow.presets import load_config
+from ntkflow.seeds import trial_seed
+from ntkflow.split import keras_split
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import yaml
 from flows.cli import _load, _parser, flow_parameters
 from flows.experiment import resolve_config
 from ntkflow.config import ConfigError
-from ntkflow.presets import build_config, load_config
+from ntkflow.config.presets import build_config, load_config
 
 SMOKE = ["run", "--preset", "smoke", "--set", "compute.n_workers=1"]
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import servers as S
 
-from ntkflow.presets import load_config
+from ntkflow.config.presets import load_config
 
 pytestmark = pytest.mark.slow
 

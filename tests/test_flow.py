@@ -12,7 +12,7 @@ import pytest
 import servers as S
 import yaml
 
-from ntkflow.presets import load_config
+from ntkflow.config.presets import load_config
 from ntkflow.store import Store
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,5 @@
-"""GPU paths: CuPy Gram chunks and a LocalCUDACluster. Skipped without a CUDA GPU."""
+"""GPU paths: CuPy Gram chunks, a LocalCUDACluster, a training step on CUDA. Skipped without a
+CUDA GPU (tests/conftest.py); benchmarks/gpu_check.py runs them first on a lent GPU machine."""
 
 import numpy as np
 import pytest
@@ -39,11 +40,43 @@ def test_local_cuda_cluster_declares_gpu_resources():
     pytest.importorskip("dask_cuda")
     from distributed import Client
 
-    from ntkflow import compute
+    from ntkflow.cluster import lifecycle, plans, resources
     from ntkflow.config import ComputeConfig
 
-    plan = compute.resolve_cluster("cuda", ComputeConfig(cluster="cuda"))
-    with compute.start_cluster(plan) as address, Client(address) as c:
-        assert compute.cluster_has_gpus(c) and plan.train_resources == {"GPU": 1}
-        dev = c.submit(compute.torch_device, resources={"GPU": 1}).result()
+    plan = plans.resolve_cluster("cuda", ComputeConfig(cluster="cuda"))
+    with lifecycle.start_cluster(plan) as address, Client(address) as c:
+        assert resources.cluster_has_gpus(c) and plan.train_resources == {"GPU": 1}
+        dev = c.submit(resources.torch_device, resources={"GPU": 1}).result()
         assert dev == "cuda:0"
+
+
+def test_training_step_on_cuda_matches_the_cpu():
+    """One SGD step (8 fit rows, batch 8) of the same network on CUDA and on the CPU: the same
+    update to float32 rounding, not just the same weights (an update is small next to them)."""
+    import torch
+
+    from ntkflow.nets import build_network
+    from ntkflow.train import train_network
+
+    def flat(net):
+        return torch.cat([p.detach().reshape(-1).double().cpu() for p in net.parameters()])
+
+    x = _x(24).astype(np.float32)
+    y = np.sin(3 * x[:, 0]) + x[:, 1]
+    runs = {}
+    for device in ("cpu", "cuda"):
+        net = build_network(15, 2, 512, "ntkj", seed=5, device=device)
+        before = flat(net)
+        res = train_network(
+            net, x[:8], y[:8], x[8:16], y[8:16], x[16:], epochs=1, lr=0.05, seed=3, log_every=1
+        )
+        assert res.steps == 1 and res.device.startswith(device)
+        runs[device] = (before, flat(net) - before, res)
+    (b_cpu, d_cpu, r_cpu), (b_gpu, d_gpu, r_gpu) = runs["cpu"], runs["cuda"]
+    assert torch.equal(b_cpu, b_gpu)  # the same initialisation on both devices
+    scale = float(d_cpu.abs().max())
+    assert scale > 1e-4  # the step moved the weights
+    np.testing.assert_allclose(d_gpu.numpy(), d_cpu.numpy(), rtol=1e-3, atol=1e-4 * scale)
+    for part in ("fit", "val", "test"):
+        np.testing.assert_allclose(r_gpu.f0[part], r_cpu.f0[part], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(r_gpu.pred[part], r_cpu.pred[part], rtol=1e-5, atol=1e-6)

@@ -202,7 +202,7 @@ def test_a_small_group_is_written_with_zarrs_own_bytes(tmp_path, root, request):
     byte for byte, as writing into the store itself, and it reads back verified."""
     import zarr
 
-    from ntkflow.trial.data import write_group
+    from ntkflow.trial.groups import write_group
 
     store = _store(root, tmp_path, request)
     k, x = kernel("NTKB2"), _x(50)

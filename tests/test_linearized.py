@@ -14,6 +14,7 @@ import scipy.linalg
 import torch
 from torch.func import functional_call, jacrev, vmap
 
+from ntkflow.empirical import empirical_ntk
 from ntkflow.kernels import kernel
 from ntkflow.linearized import (
     GradientFlow,
@@ -23,8 +24,10 @@ from ntkflow.linearized import (
     relative_change,
     sgd_replay,
 )
-from ntkflow.nets import build_network, empirical_ntk, float64_copy
-from ntkflow.train import _sgd_step, _step_plan, batch_slices, epoch_permutations, train_network
+from ntkflow.nets import build_network, float64_copy
+from ntkflow.sgd import sgd_step as _sgd_step
+from ntkflow.sgd import step_plan as _step_plan
+from ntkflow.train import batch_slices, epoch_permutations, train_network
 
 D_IN = 15
 

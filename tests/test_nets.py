@@ -17,18 +17,17 @@ import pytest
 import torch
 from torch.func import functional_call, jacrev, vmap
 
-from ntkflow.nets import (
-    build_network,
+from ntkflow.empirical import (
     empirical_nngp,
     empirical_ntk,
     layer_norms,
     parameter_norm,
     parameter_vector,
 )
+from ntkflow.nets import build_network
+from ntkflow.sgd import sgd_step, step_plan
 from ntkflow.train import (
     TrainingDiverged,
-    _sgd_step,
-    _step_plan,
     keras_split,
     keras_validation_split,
     train_network,
@@ -43,7 +42,7 @@ def unit_rows(n: int, d: int = D_IN, seed: int = 0) -> np.ndarray:
 
 
 def jacobian_ntk(net, x: np.ndarray) -> np.ndarray:
-    """Empirical NTK from per-example Jacobians (torch.func), independent of nets.empirical_ntk."""
+    """Empirical NTK from per-example Jacobians (torch.func), independent of empirical_ntk."""
     params = {k: v.detach() for k, v in net.named_parameters()}
     xt = torch.as_tensor(x, dtype=next(net.parameters()).dtype)
 
@@ -240,7 +239,7 @@ def test_sgd_step_matches_autograd():
             grads = torch.autograd.grad(loss, list(ref.parameters()))
             sse = torch.zeros(1, 1, dtype=torch.float64)
             with torch.no_grad():
-                _sgd_step(_step_plan(net.layers), x, y, lr, sse)
+                sgd_step(step_plan(net.layers), x, y, lr, sse)
                 for p, g in zip(ref.parameters(), grads, strict=True):
                     p -= lr * g
             torch.testing.assert_close(

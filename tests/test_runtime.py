@@ -1,4 +1,4 @@
-"""flows.runtime helpers: what tasks are shipped with, and the embedded API's start."""
+"""flows.internals and flows.server: what tasks are shipped with, and the embedded API's start."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from prefect import tags
 from prefect.context import SettingsContext, TagsContext, hydrated_context, serialize_context
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-from flows import runtime
-from flows.runtime import lean_tasks
+from flows import internals, server
+from flows.internals import lean_tasks
 
 
 def test_lean_tasks_ship_the_flows_settings_and_no_tags(monkeypatch):
@@ -69,18 +69,18 @@ def test_the_embedded_api_starts_on_another_port_when_its_port_is_taken(prefect_
 
     threading.Thread(target=speak_dask, daemon=True).start()
     ports = iter([taken.getsockname()[1]])
-    free = runtime._free_port
-    monkeypatch.setattr(runtime, "_free_port", lambda: next(ports, None) or free())
+    free = server._free_port
+    monkeypatch.setattr(server, "_free_port", lambda: next(ports, None) or free())
     monkeypatch.setenv("PREFECT_HOME", str(prefect_home))
     monkeypatch.setenv("PREFECT_API_URL", "")  # wait() exports the new port's URL
-    server = runtime.EmbeddedAPI()
+    embedded = server.EmbeddedAPI()
     try:
-        server.wait(timeout=300)
-        assert server.port != taken.getsockname()[1]
-        with urllib.request.urlopen(f"{server.url}/health", timeout=10) as r:
+        embedded.wait(timeout=300)
+        assert embedded.port != taken.getsockname()[1]
+        with urllib.request.urlopen(f"{embedded.url}/health", timeout=10) as r:
             assert r.status == 200
     finally:
-        server.stop()
+        embedded.stop()
         taken.close()
 
 
@@ -96,7 +96,7 @@ def test_lean_tasks_ship_the_flow_run_as_the_objects_it_holds(prefect_home, monk
 
     monkeypatch.setenv("PREFECT_HOME", str(prefect_home))
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    server = runtime.EmbeddedAPI()
+    embedded = server.EmbeddedAPI()
 
     @flow
     def a_flow(cfg: dict, k: int):
@@ -109,12 +109,12 @@ def test_lean_tasks_ship_the_flow_run_as_the_objects_it_holds(prefect_home, monk
         return shipped, before.flow_run.id, before.result_store
 
     try:
-        server.wait(timeout=300)
-        with temporary_settings({PREFECT_API_URL: server.url}):  # not an ephemeral server
+        embedded.wait(timeout=300)
+        with temporary_settings({PREFECT_API_URL: embedded.url}):  # not an ephemeral server
             shipped, run_id, store = a_flow({"n_obs": 1000}, 3)
-            runtime._flush_logs()  # the run's logs and events reach the server before it stops
+            internals.flush_logs()  # the run's logs and events reach the server before it stops
     finally:
-        server.stop()
+        embedded.stop()
     looked_up = []
     lookup = prefect.blocks.core.load_prefect_collections
     monkeypatch.setattr(
@@ -149,7 +149,7 @@ def test_tasks_and_flows_pickle_their_function_by_reference(monkeypatch):
     from flows.tasks import trial_task
     from flows.trials import run_trials
 
-    runtime.pickle_by_reference()
+    internals.pickle_by_reference()
     copy = run_trials.with_options(flow_run_name="copy")
     for obj in (trial_task, copy):
         data = cloudpickle.dumps(obj)
@@ -177,12 +177,60 @@ def test_the_api_ca_file_is_written_once_and_reused(tmp_path):
     for every command, nothing beside it, and a damaged one is written again."""
     import ssl
 
-    path = runtime.ca_file(tmp_path)
+    path = server.ca_file(tmp_path)
     text = open(path).read()
-    assert runtime.ca_file(tmp_path) == path
+    assert server.ca_file(tmp_path) == path
     assert [p.name for p in tmp_path.iterdir()] == ["ntkflow-api-ca.pem"]
     assert text.count("BEGIN CERTIFICATE") == 1
     ssl.create_default_context(cafile=path)  # a CA file TLS loads
     open(path, "w").write(text[:40])
-    assert runtime.ca_file(tmp_path) == path and open(path).read() == text
+    assert server.ca_file(tmp_path) == path and open(path).read() == text
     assert [p.name for p in tmp_path.iterdir()] == ["ntkflow-api-ca.pem"]
+
+
+def test_terminate_then_kill_kills_only_what_outlives_the_grace():
+    """A process that ends on SIGTERM is not killed; one that ignores SIGTERM is, after the
+    grace period; both are gone (reaped) when the call returns."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from flows.processes import terminate_then_kill
+
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stubborn = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ready', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert stubborn.stdout.readline() == "ready\n"  # its handler is in place
+    procs = [psutil.Process(polite.pid), psutil.Process(stubborn.pid)]
+    t0 = time.monotonic()
+    killed = terminate_then_kill(procs, grace=1)
+    assert 1 <= time.monotonic() - t0 < 30
+    assert [p.pid for p in killed] == [stubborn.pid]
+    assert not any(p.is_running() for p in procs)
+    polite.wait(timeout=5), stubborn.wait(timeout=5)  # reaped already: returns at once
+    stubborn.stdout.close()
+
+
+def test_a_signal_during_prefects_import_marks_nothing_and_imports_nothing(monkeypatch):
+    """The signal handler may run while ``prefect.context`` is half imported (a SIGTERM early in
+    ``ntkflow run``): marking the flow run Crashed then finds no flow run, raises nothing and
+    imports nothing (an ImportError raised there would surface in the interrupted import,
+    which Prefect swallows, and the command would go on)."""
+    import sys
+    import types
+
+    from flows.signals import _mark_crashed
+
+    monkeypatch.setitem(sys.modules, "prefect.context", types.ModuleType("prefect.context"))
+    _mark_crashed("SIGTERM: interrupted", timeout=1)
+    assert not hasattr(sys.modules["prefect.context"], "FlowRunContext")

@@ -14,8 +14,8 @@ import pytest
 from launch import kill_tree, launch
 
 from ntkflow import report, trial
-from ntkflow.compute import worker_env
-from ntkflow.presets import load_config
+from ntkflow.cluster.resources import worker_env
+from ntkflow.config.presets import load_config
 from ntkflow.store import Store
 from ntkflow.trial import manifest
 
@@ -27,8 +27,8 @@ CFG = load_config("smoke", overrides=[*SETS, "networks.enabled=false"])
 REFERENCE = """
 import json, sys
 from ntkflow import report, trial
-from ntkflow.compute import worker_env
-from ntkflow.presets import load_config
+from ntkflow.cluster.resources import worker_env
+from ntkflow.config.presets import load_config
 from ntkflow.store import Store
 cfg, store = load_config("smoke", overrides=json.loads(sys.argv[1])), Store(sys.argv[2])
 for k in range(cfg.trials):

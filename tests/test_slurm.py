@@ -15,8 +15,9 @@ import pytest
 from launch import launch
 from servers import slurm_spec as _spec
 
-from ntkflow.compute import job_name, worker_env
-from ntkflow.presets import load_config
+from ntkflow.cluster.resources import worker_env
+from ntkflow.cluster.slurm import job_name
+from ntkflow.config.presets import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 # every Slurm test in one xdist worker (one private Slurm; the node has few CPUs)
@@ -49,7 +50,7 @@ def _queue_empties(timeout: float = 20.0) -> list[str]:
 REFERENCE = """
 import json, sys
 from ntkflow import report, trial
-from ntkflow.presets import load_config
+from ntkflow.config.presets import load_config
 from ntkflow.store import Store
 cfg, store = load_config("smoke", overrides=json.loads(sys.argv[1])), Store(sys.argv[2])
 for k in range(cfg.trials):
@@ -205,8 +206,8 @@ def test_sigkill_of_the_command_cancels_its_jobs_through_the_watchdog(slurm_env,
 # `ntkflow run` as far as signals go: its watchdog, its handler, then it waits for a signal
 COMMAND = """
 import sys
-from flows import runtime, watchdog
-runtime.exit_on_signals(spare=watchdog.start().pid)
+from flows import signals, watchdog
+signals.exit_on_signals(spare=watchdog.start().pid)
 print("ready", flush=True)
 sys.stdin.read()
 """

@@ -11,7 +11,7 @@ import pytest
 
 from ntkflow import report, trial
 from ntkflow.config import ConfigError
-from ntkflow.presets import load_config
+from ntkflow.config.presets import load_config
 from ntkflow.store import Store
 
 SMALL = ["kernels=[NTKB1, K1]"]
@@ -97,7 +97,7 @@ def test_sweep_config():
         (["--widths", "0,64"], "networks.vary.width"),
         (["--widths", "-5"], "networks.vary.width"),
         (["--widths", "64,x"], "--widths"),
-        (["--widths", "64", "--kernels-only"], "networks.vary"),
+        (["--widths", "64", "--kernels-only"], "--kernels-only"),
         (["--vary", "networks.foo=1,2"], "networks.vary.foo"),  # an unknown key
         (["--vary", "networks.lr="], "networks.vary.lr"),  # an empty list
         (["--vary", "networks.lr=0.02,-1"], "networks.vary.lr"),  # a value the config rejects

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ntkflow import report, trial
-from ntkflow.presets import load_config
+from ntkflow.config.presets import load_config
 from ntkflow.store import Store
 
 KERNELS_ONLY = ["networks.enabled=false", "kernels=[NTKB1, NTKJ2, K1]"]
@@ -305,15 +305,18 @@ def test_items_of_another_code_version_are_recomputed_or_kept_and_listed(tmp_pat
     store = Store(tmp_path)
     cfg = _cfg("trials=1")
     first = trial.run_trial(cfg, store, 0)["methods"]
+    from ntkflow.trial.items import KINDS
+
     real = keys.code_version
-    monkeypatch.setattr(keys, "code_version", lambda kind: "x" + real(kind)[1:])
+    monkeypatch.setattr(keys, "code_version", lambda module: "x" + real(module)[1:])
+    kernel_code = real(KINDS["kernel"])
     assert trial.complete(cfg, store, 0) is None  # a kernel fix invalidates the kernel items
 
     keep = _cfg("trials=1", "compute.keep_stale=true")
     assert trial.complete(keep, store, 0) is not None
     summary = report.aggregate(keep, store)
     assert {s["method"] for s in summary["stale_items"]} == set(cfg.methods)
-    assert summary["code_versions"]["items"]["kernel"] == [real("kernel")]
+    assert summary["code_versions"]["items"]["kernel"] == [kernel_code]
 
     again = trial.run_trial(cfg, store, 0)["methods"]
     assert all(again[m]["key"] != first[m]["key"] for m in cfg.methods)
@@ -321,7 +324,7 @@ def test_items_of_another_code_version_are_recomputed_or_kept_and_listed(tmp_pat
     assert {m: again[m]["rmse"] for m in first} == {m: first[m]["rmse"] for m in first}
     summary = report.aggregate(cfg, store)
     assert summary["stale_items"] == []
-    assert summary["code_versions"]["items"]["kernel"] == ["x" + real("kernel")[1:]]
+    assert summary["code_versions"]["items"]["kernel"] == ["x" + kernel_code[1:]]
 
 
 def test_network_items_are_keyed_without_log_every(tmp_path):

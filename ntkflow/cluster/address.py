@@ -9,13 +9,16 @@ has one, and a bare word is a cluster name or a spec file instead.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 SCHEMES = ("tcp", "tls", "ucx", "ws", "wss")
 
+_SCHEME = r"[a-z][a-z0-9+]*"
 _ADDRESS = re.compile(
-    r"(?:(?P<scheme>[a-z][a-z0-9+]*)://)?"
-    r"(?:\[(?P<v6>[0-9A-Fa-f:.%\w]+)\]|(?P<host>[A-Za-z0-9_.-]+))"
+    rf"(?:(?P<scheme>{_SCHEME})://)?"
+    r"(?:\[(?P<v6>[^\[\]/\s]+)\]|(?P<host>[A-Za-z0-9_.-]+))"
+    # a trailing slash, as in a URL copied from a browser, is dropped
     r":(?P<port>\d{1,5})/?"
 )
 
@@ -24,11 +27,12 @@ def parse_address(text: str) -> str | None:
     """``text`` as ``scheme://host:port`` if it is a scheduler address, else None.
 
     ``"[::1]:8786"`` → ``"tcp://[::1]:8786"``; ``"local"``, ``"deploy/slurm.yaml"`` → None. An
-    address with an unknown scheme or a port above 65535 is a ValueError naming it.
+    address with an unknown scheme, no port, a port above 65535 or something other than an IPv6
+    address in brackets is a ValueError naming it.
     """
-    m = _ADDRESS.fullmatch(text.strip())
+    m = _ADDRESS.fullmatch(text)
     if m is None:
-        if re.match(r"[a-z][a-z0-9+]*://", text):
+        if re.match(_SCHEME + "://", text):
             raise ValueError(
                 f"{text!r} is not a scheduler address: expected SCHEME://HOST:PORT, "
                 f"e.g. tcp://127.0.0.1:8786 or tcp://[::1]:8786"
@@ -43,5 +47,10 @@ def parse_address(text: str) -> str | None:
     port = int(m["port"])
     if not 0 < port < 65536:
         raise ValueError(f"port {port} out of range in scheduler address {text!r}")
+    if m["v6"]:
+        try:
+            ipaddress.IPv6Address(m["v6"])  # a zone is allowed: [fe80::1%eth0]
+        except ValueError as e:
+            raise ValueError(f"[{m['v6']}] in scheduler address {text!r}: {e}") from e
     host = f"[{m['v6']}]" if m["v6"] else m["host"]
     return f"{scheme}://{host}:{port}"

@@ -1,4 +1,5 @@
-"""Analytic kernels of SPEC §2: NTKB, NTKJ, NTKA and their NNGPs at any depth, and the Laplacian K1.
+"""Analytic kernels (docs/formulas.md): NTKB, NTKJ, NTKA and their NNGPs at any depth, and the
+Laplacian K1.
 
     from ntkflow.kernels import kernel
     k = kernel("NTKB2", formulas="exact", **overrides)

@@ -1,4 +1,5 @@
-"""The one layer recursion behind every NTK and NNGP (SPEC §2), on Gram tiles and on diagonals.
+"""The one layer recursion behind every NTK and NNGP (docs/formulas.md), on Gram tiles and
+diagonals.
 
     K⁰ = cov_weight⁰ ⟨x,x'⟩ + cov_bias⁰            Θ⁰ = ntk_weight⁰ ⟨x,x'⟩ + ntk_bias⁰
     K^l = cov_bias + cov_weight E(K^{l-1})          Θ^l = ntk_bias + ntk_weight E(K^{l-1})
@@ -7,7 +8,7 @@
 with the constants of :mod:`ntkflow.kernels.families` (Jacot et al. 2018, Theorem 1; Arora et al.
 2019, eqs. (9)-(11); Liu et al. 2025, eqs. (6) and (8)). E and Ė need the variances K^{l-1}(x, x);
 they are propagated exactly, K^l(x, x) = cov_bias + cov_weight K^{l-1}(x, x)/2, in both formula
-variants (SPEC §2, published item 3).
+variants (docs/formulas.md, published item 3).
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def _inputs(x1, x2):
 
 @dataclass(frozen=True)
 class ReluKernel:
-    """NTK (``nngp=False``) or NNGP of a ReLU network of ``depth`` hidden layers (SPEC §2).
+    """NTK (``nngp=False``) or NNGP of a ReLU network of ``depth`` hidden layers (docs/formulas.md).
 
     Call it as ``k(x1, x2=None)`` for the Gram matrix (float64, namespace of the inputs; ``x2=None``
     means x1 and uses the symmetry). ``threads``: CPU threads for NumPy inputs (default: all).

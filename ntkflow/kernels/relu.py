@@ -1,4 +1,4 @@
-"""ReLU expectations of a bivariate Gaussian: the E / Ė step of every kernel (SPEC §2).
+"""ReLU expectations of a bivariate Gaussian: the E / Ė step of every kernel (docs/formulas.md).
 
 For (u, v) ~ N(0, [[a, c], [c, b]]) and cos θ = c / √(ab) (Cho & Saul 2009, arc-cosine kernel of
 degree 1 and 0; Jacot et al. 2018; Arora et al. 2019, eqs. (4)-(5) of their appendix):
@@ -63,7 +63,7 @@ def relu_moments_(c, va, vb, s, u, w, *, published: bool, xp) -> None:
 
 
 def _published_(c, va, vb, s, u, xp) -> None:
-    """The released code's step (SPEC §2, published formulas 1-2): cos θ = c/(a·b)."""
+    """The released code's step (docs/formulas.md, published formulas 1-2): cos θ = c/(a·b)."""
     xp.multiply(va, vb, out=s)
     xp.divide(c, s, out=c)  # the published cosine, not clipped: E uses it as is
     xp.sqrt(s, out=s)  # √(ab)

@@ -3,9 +3,11 @@
     context.py   Trial: paths, data verified once, leases held, fault hook, error record
     items.py     Item and RecordItem; run(): reuse → lease → compute → atomic save → manifest
     data.py      the data item (data.zarr)
-    kernel.py    Gram items (gram/<KERNEL>.zarr) and kernel-regression items
+    groups.py    Zarr groups written atomically; the data group read back and verified
+    gram.py      Gram items (gram/<KERNEL>.zarr)
+    kernel.py    kernel-regression items
     network.py   network items (training, initial empirical NTK, lazy-training diagnostics)
-    theory.py    theory items (the linearized predictors, SPEC §6)
+    theory.py    theory items (the linearized predictors, docs/theory.md)
     manifest.py  result.json and its manifest: completeness, verification, quarantine, sweep
     steps.py     the leased steps a flow task calls, and run_trial (all steps in one process)
 
@@ -16,8 +18,9 @@ from __future__ import annotations
 
 from ntkflow.gram import CorruptArtifact
 from ntkflow.trial import manifest
-from ntkflow.trial.context import InjectedFault, Trial, trial_dir
-from ntkflow.trial.data import ensure_data, load_data
+from ntkflow.trial.context import InjectedFault, Trial, load_result, recorded_error, trial_dir
+from ntkflow.trial.data import ensure_data
+from ntkflow.trial.groups import load_data
 from ntkflow.trial.items import COMPUTED, ELSEWHERE, REUSED, item_of, method_key
 from ntkflow.trial.steps import finish_part, kernel_part, network_part, run_trial, theory_part
 
@@ -43,16 +46,6 @@ __all__ = [
     "theory_part",
     "trial_dir",
 ]
-
-
-def load_result(store, k: int) -> dict | None:
-    """Trial k's verified result.json, or None (missing, truncated or corrupted)."""
-    return store.read_json(f"{trial_dir(k)}/result.json", verify=True)
-
-
-def recorded_error(store, k: int) -> str | None:
-    """The last failure recorded in trial k's error.json, if any."""
-    return (store.read_json(f"{trial_dir(k)}/error.json") or {}).get("error")
 
 
 def complete(cfg, store, k: int, deep: bool = False, quiet: bool = False) -> dict | None:

@@ -8,7 +8,7 @@ Layout under ``trials/<kkk>/`` (ARCHITECTURE.md "Store layout"):
     items/<METHOD>.json  one verified record per method (rmse + diagnostics), written atomically
     nets/<NN>.npz        f₀ and final predictions; nets/<NN>_curve.json the training curve
     nets/<NN>_ntk0.npz   the initial network's empirical NTK Θ̂₀(fit ⊕ test, fit) and f₀
-    nets/LIN<L>.npz      the linearized predictions (SPEC §6) of that network, per variant
+    nets/LIN<L>.npz      the linearized predictions (docs/theory.md) of that network, per variant
     lease/<PART>/        leases: ``trial`` (data, Grams, kernels, result), ``NN<L>``, ``LIN<L>``
     result.json          all items of the trial; written last, so its presence = trial complete
     error.json           the last failure's message (removed when the trial completes)
@@ -24,14 +24,21 @@ from ntkflow import lease
 from ntkflow.config import Config
 from ntkflow.data import TrialData
 from ntkflow.store import Store
+from ntkflow.trial.groups import load_data, trial_dir
 
 
 class InjectedFault(RuntimeError):
     """Raised by ``faults.fail_trials`` / ``faults.fail_networks`` (tests of rerun-failed-only)."""
 
 
-def trial_dir(k: int) -> str:
-    return f"trials/{k:03d}"
+def load_result(store: Store, k: int) -> dict | None:
+    """Trial k's verified result.json, or None (missing, truncated or corrupted)."""
+    return store.read_json(f"{trial_dir(k)}/result.json", verify=True)
+
+
+def recorded_error(store: Store, k: int) -> str | None:
+    """The last failure recorded in trial k's error.json, if any."""
+    return (store.read_json(f"{trial_dir(k)}/error.json") or {}).get("error")
 
 
 class Trial:
@@ -79,8 +86,6 @@ class Trial:
     def data(self) -> TrialData:
         """The trial's verified data, read once (CorruptArtifact if missing or altered)."""
         if self._data is None:
-            from ntkflow.trial.data import load_data
-
             self._data = load_data(self.store, self.k)
         return self._data
 
@@ -153,4 +158,8 @@ class Trial:
 
     def error(self) -> str | None:
         """The last recorded failure's message, if any."""
-        return (self.store.read_json(self.path("error.json")) or {}).get("error")
+        return recorded_error(self.store, self.k)
+
+    def result(self) -> dict | None:
+        """The trial's verified result.json, or None."""
+        return load_result(self.store, self.k)

@@ -2,8 +2,9 @@
 
 An item declares
 - what it produces (``methods``: records ``items/<METHOD>.json``, or a Zarr group),
-- its key: the config section it depends on (:meth:`Item.section`) and the code modules of its
-  ``kind`` (:data:`ntkflow.keys.CODE_MODULES`), hashed by :func:`ntkflow.keys.item_key`,
+- its key: the config section it depends on (:meth:`Item.section`) and the code version of its
+  module with everything that module imports (:func:`ntkflow.keys.code_version`), hashed by
+  :func:`ntkflow.keys.item_key`,
 - its lease (``lease``: a part under ``lease/``; items sharing one are computed under it
   together),
 - and a ``compute`` that writes its output atomically and returns it.
@@ -28,6 +29,8 @@ log = logging.getLogger("ntkflow.trial")
 
 REUSED, COMPUTED, ELSEWHERE = "reused", "ok", "finished by another run"
 
+KINDS: dict[str, str] = {}  # kind of item → the module defining it (its code's root)
+
 # (field naming an artifact of the trial, field with its SHA-256) in item records
 ARTIFACT_FIELDS = (
     ("gram", "gram_sha256"),
@@ -41,8 +44,14 @@ class Item:
     """Something trial ``t`` stores. Subclasses set ``kind`` and ``lease`` and implement
     :meth:`section`, :meth:`stored` and :meth:`compute`."""
 
-    kind: ClassVar[str]  # a key of keys.CODE_MODULES
+    kind: ClassVar[str]
     lease: str = "trial"
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "kind" in cls.__dict__:
+            if KINDS.setdefault(cls.kind, cls.__module__) != cls.__module__:
+                raise TypeError(f"item kind {cls.kind!r} is defined twice")
 
     def __init__(self, t: Trial):
         self.t = t
@@ -55,8 +64,13 @@ class Item:
         """The config section that determines the item (``method``: one of its records)."""
         raise NotImplementedError
 
+    @property
+    def code(self) -> str:
+        """The version of the code computing this item (its module and what it imports)."""
+        return code_version(self.kind)
+
     def key(self, method: str | None = None) -> str:
-        return keys.item_key(self.kind, self.section(method))
+        return keys.item_key(self.kind, self.section(method), self.code)
 
     def stored(self, quiet: bool = False) -> Any | None:
         """The verified stored output, or None (why is logged unless ``quiet``)."""
@@ -122,11 +136,21 @@ class RecordItem(Item):
             "kind": self.kind,
             "artifacts": {path: t.store.files(path) for path in paths},  # files and sizes
             "key": self.key(method),
-            "code": keys.code_version(self.kind),
+            "code": self.code,
             "data_sha256": t.data_sha,
         }
         t.store.write_json(t.item_path(method), record, checksum=True)
         return record
+
+
+def code_version(kind: str) -> str:
+    """The code version of items of ``kind``."""
+    return keys.code_version(KINDS[kind])
+
+
+def code_versions() -> dict[str, str]:
+    """The code version of every kind of item (of the item modules imported)."""
+    return {kind: code_version(kind) for kind in sorted(KINDS)}
 
 
 def failed_record(method: str, exc: BaseException, **extra) -> dict:

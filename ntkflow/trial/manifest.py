@@ -6,16 +6,11 @@ from __future__ import annotations
 import hashlib
 import platform
 
-from ntkflow import gram, keys
+from ntkflow import gram
 from ntkflow.gram import CorruptArtifact
 from ntkflow.trial.context import Trial
-from ntkflow.trial.data import load_data
-from ntkflow.trial.items import ARTIFACT_FIELDS, Item, item_of, log
-
-
-def load_result(t: Trial) -> dict | None:
-    """The trial's verified result.json, or None (missing, truncated or corrupted)."""
-    return t.store.read_json(t.path("result.json"), verify=True)
+from ntkflow.trial.groups import load_data
+from ntkflow.trial.items import ARTIFACT_FIELDS, Item, code_versions, item_of, log
 
 
 class ResultItem(Item):
@@ -46,7 +41,7 @@ def finish(t: Trial, records: list[dict]) -> dict:
     kept, with their manifest entries, so runs with different kernel lists share a trial.
     """
     cfg, store, d = t.cfg, t.store, t.data
-    old = load_result(t) or {}
+    old = t.result() or {}
     keep = {m: it for m, it in (old.get("methods") or {}).items() if m not in cfg.methods}
     methods = {**keep, **{r["method"]: r for r in records}}
     if any(it.get("data_sha256") != d.info["sha256"] for it in methods.values()):
@@ -69,7 +64,7 @@ def finish(t: Trial, records: list[dict]) -> dict:
         "methods": methods,
         "manifest": manifest,
         "versions": t.versions,
-        "code": keys.code_versions(),
+        "code": code_versions(),
         "host": platform.node(),
     }
     store.write_json(t.path("result.json"), result, checksum=True)
@@ -130,7 +125,7 @@ def problems(t: Trial, result: dict | None, deep: bool = False) -> list[str]:
 
 def complete(t: Trial, deep: bool = False, quiet: bool = False) -> dict | None:
     """The trial's result when it is complete and intact (see :func:`problems`)."""
-    result = load_result(t)
+    result = t.result()
     if result is None:
         return None
     bad = problems(t, result, deep)
@@ -145,7 +140,7 @@ def check(t: Trial, deep: bool = True) -> tuple[dict | None, list[str]]:
     """The trial's result and its problems; with ``deep``, every damaged or corrupt artifact
     (and what was computed from it) is removed so that the next run recomputes exactly that.
     A result of another run id or variant is only reported."""
-    result = load_result(t)
+    result = t.result()
     if result is None or not deep or _foreign(t, result):
         return result, problems(t, result)
     bad = _damaged(t, result)

@@ -1,5 +1,6 @@
-"""The network item: one trained network of a trial (SPEC §5), with its initial empirical NTK
-(stored before training, for the theory) and the lazy-training diagnostics (SPEC §6)."""
+"""The network item: one trained network of a trial (docs/formulas.md, "Networks"), with its
+initial empirical NTK (stored before training, for the theory) and the lazy-training diagnostics
+(docs/theory.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import numpy as np
 
 from ntkflow import krr
 from ntkflow.gram import CorruptArtifact
-from ntkflow.names import net_seed, network_spec, ntk_subsample_seed
+from ntkflow.names import network_spec
+from ntkflow.seeds import net_seed, ntk_subsample_seed
 from ntkflow.trial.context import Trial
 from ntkflow.trial.items import RecordItem, failed_record, log, producer
 
@@ -116,7 +118,7 @@ class NetworkItem(RecordItem):
             "final_train_loss": float(res.curve["train_loss"][-1]),
             "final_val_loss": float(res.curve["val_loss"][-1]),
             "epochs": res.epochs_run,
-            "linearized_time": 2 * s.lr * res.epochs_run / s.batch_size,  # SPEC §6: t = 2ηE/B
+            "linearized_time": s.t,  # t = 2ηE/B (docs/theory.md)
             "norms_init": res.norms_init,
             "norms_final": res.norms_final,
             "param_rel_change": res.param_rel_change,
@@ -164,7 +166,7 @@ class InitialNTK(NamedTuple):
 def network_ntk(t: Trial, net) -> np.ndarray:
     """The network's empirical NTK Θ̂(fit ⊕ test, fit), float64, fit rows first: per-layer
     factors of a float64 copy of the network (no Jacobians); only the columns of fit points."""
-    from ntkflow.nets import empirical_ntk
+    from ntkflow.empirical import empirical_ntk
 
     d = t.data
     return empirical_ntk(net, d.x[np.concatenate([d.fit, d.test])], d.x[d.fit])
@@ -226,9 +228,10 @@ def load_initial_ntk(t: Trial, spec, record: dict | None) -> InitialNTK:
 
 
 def lazy_diagnostics(t: Trial, spec, ntk0: np.ndarray, ntk_t: np.ndarray) -> dict:
-    """SPEC §6 on a fixed subsample of fit points (Frobenius norms): kernel drift
-    ‖Θ̂_T − Θ̂₀‖/‖Θ̂₀‖, and against the analytic NTK Θ of the network's family the init error
-    ‖Θ̂₀ − Θ‖/‖Θ‖ and the final error ‖Θ̂_T − Θ‖/‖Θ‖ (``ntk0``, ``ntk_t``: Θ̂(fit ⊕ test, fit))."""
+    """Lazy-training diagnostics (docs/theory.md) on a fixed subsample of fit points
+    (Frobenius norms): kernel drift ‖Θ̂_T − Θ̂₀‖/‖Θ̂₀‖, and against the analytic NTK Θ of
+    the network's family the init error ‖Θ̂₀ − Θ‖/‖Θ‖ and the final error ‖Θ̂_T − Θ‖/‖Θ‖
+    (``ntk0``, ``ntk_t``: Θ̂(fit ⊕ test, fit))."""
     from ntkflow.kernels import kernel
     from ntkflow.linearized import fixed_subsample, relative_change
     from ntkflow.nets import HYPER_DEFAULTS  # the networks' (the config sets none)

@@ -15,7 +15,7 @@ from ntkflow.trial.context import Trial
 from ntkflow.trial.data import DataItem
 from ntkflow.trial.items import REUSED, run
 from ntkflow.trial.kernel import KernelItem
-from ntkflow.trial.manifest import ResultItem, load_result, sweep
+from ntkflow.trial.manifest import ResultItem, sweep
 from ntkflow.trial.network import NetworkItem
 from ntkflow.trial.theory import AfterItem, TheoryItem
 
@@ -68,4 +68,4 @@ def run_trial(cfg, store, k: int, versions=None, device: str = "cpu", scheduler=
             theory_part(t, s.name)
         if cfg.networks.enabled:
             finish_part(t)
-    return load_result(t)
+    return t.result()

@@ -1,4 +1,4 @@
-"""The theory items: the linearized predictors of one trained network (SPEC §6).
+"""The theory items: the linearized predictors of one trained network (docs/theory.md).
 
 LIN<L>: gradient flow to the network's t = 2ηE/B with the analytic NTK of its family and its own
 f₀; -emp: the same with the empirical NTK at initialisation; -inf: t → ∞ (analytic, with f₀);
@@ -21,7 +21,8 @@ import numpy as np
 
 from ntkflow import gram, krr
 from ntkflow.gram import CorruptArtifact
-from ntkflow.names import REFERENCE_OF, THEORY_VARIANTS, net_seed, network_spec, parse_method
+from ntkflow.names import REFERENCE_OF, THEORY_VARIANTS, network_spec, parse_method
+from ntkflow.seeds import net_seed
 from ntkflow.trial.context import Trial
 from ntkflow.trial.items import RecordItem, failed_record, log, producer
 from ntkflow.trial.network import (

@@ -11,7 +11,9 @@ from typing import Any
 
 import yaml
 
-from ntkflow.config import Config, ConfigError, validate
+from ntkflow.config.base import ConfigError
+from ntkflow.config.loading import validate
+from ntkflow.config.models import Config
 
 # ---- presets ----------------------------------------------------------------------------------
 _PAPER_NETS = {"width": 10_000, "epochs": [3000, 6000], "batch_size": 8, "lr": 0.002}

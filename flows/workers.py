@@ -1,0 +1,80 @@
+"""The Dask workers of a flow run: what each worker is set up with (the Prefect API URL, its
+allocator), the resources a training asks for, the flow's Dask client and task runner."""
+
+from __future__ import annotations
+
+import os
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from ntkflow.cluster.processes import exit_without_collecting, reuse_freed_memory
+from ntkflow.cluster.resources import cluster_has_gpus, worker_resources
+
+
+class PrefectAPIPlugin(WorkerPlugin):
+    """Dask worker plugin: sets PREFECT_API_URL in each worker, also in workers that join later."""
+
+    name = "ntkflow-prefect-api"
+
+    def __init__(self, api_url: str):
+        self.api_url = api_url
+
+    def setup(self, worker) -> None:
+        os.environ["PREFECT_API_URL"] = self.api_url
+
+
+class AllocatorPlugin(WorkerPlugin):
+    """Dask worker plugin: large arrays reuse freed memory (:func:`reuse_freed_memory`) and the
+    process exits without its last garbage collections (:func:`exit_without_collecting`), also
+    in workers that join later."""
+
+    name = "ntkflow-allocator"
+
+    def setup(self, worker) -> None:
+        reuse_freed_memory()
+        exit_without_collecting()
+
+
+def prepare_workers(client, api_url: str | None) -> int:
+    """Export the run's Prefect API URL into every worker, also those joining later, and let
+    their allocator reuse freed memory; returns the number of workers connected now.
+
+    Workers started elsewhere (by hand, Slurm, Kubernetes) do not inherit this process's
+    environment; without the URL each one would start a private ephemeral Prefect server and
+    its task runs would be lost to the UI. An embedded API listens on 127.0.0.1, so it reaches
+    workers on this machine only: for workers elsewhere, run `prefect server start` and set
+    PREFECT_API_URL everywhere.
+    """
+    client.register_plugin(AllocatorPlugin())
+    if api_url:
+        client.register_plugin(PrefectAPIPlugin(api_url))
+    return len(worker_resources(client))
+
+
+def train_resources(client, declared: dict | None) -> dict:
+    """The Dask resources a training task asks for: those the cluster plan declares, else
+    (an existing scheduler) GPU=1 where the connected workers declare GPUs."""
+    if declared is not None:
+        return declared
+    return {"GPU": 1} if cluster_has_gpus(client) else {}
+
+
+def dask_client():
+    """The flow's Dask client: its DaskTaskRunner's (which is not registered as the default
+    client, so ``distributed.get_client()`` alone finds none in the flow). ValueError if none."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    client = getattr(getattr(ctx, "task_runner", None), "client", None)
+    if client is None:
+        from distributed import get_client
+
+        return get_client()
+    return client
+
+
+def task_runner_at(address: str):
+    """The Dask task runner of a flow run on the cluster already started at ``address``."""
+    from prefect_dask import DaskTaskRunner
+
+    return DaskTaskRunner(address=address)

@@ -1,0 +1,107 @@
+"""The cluster of a run: started (or joined) from its plan, waited for, connected to, and
+stopped with every job it submitted, however the run ends. No Prefect import here."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from ntkflow.cluster import slurm
+from ntkflow.cluster.errors import ClusterError, require
+
+if TYPE_CHECKING:
+    from ntkflow.cluster.plans import ClusterPlan
+
+log = logging.getLogger(__name__)
+
+# Local workers (their nannies take this config at start): no statistical profiler sampling
+# every worker thread every 10 ms, a CPU tax of a few percent on a laptop's cores for the
+# dashboard's profile page only.
+# Their system monitors (and the scheduler's, in this process) sample every 2 s, not 0.5 s,
+# and without the disks' counters: CPU and memory plots for the dashboard, nothing else
+# (a worker's memory limits have a monitor of their own).
+_LOCAL_WORKER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.admin.system-monitor.disk": False,
+}
+
+
+def _wait_for_first_worker(cluster, plan: ClusterPlan, timeout: float) -> None:
+    """Wait until a worker of a started cluster has joined; ClusterError after ``timeout``
+    seconds, naming what its jobs wait for."""
+    deadline = time.monotonic() + timeout
+    while not cluster.scheduler_info.get("workers"):
+        if time.monotonic() > deadline:
+            reason = slurm.pending_reason() if slurm.is_slurm(plan.cluster_class) else ""
+            raise ClusterError(
+                f"no worker of {plan.describe()} started within {timeout:g} s "
+                f"(compute.start_timeout){reason}; its jobs are cancelled"
+            )
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def start_cluster(plan: ClusterPlan, start_timeout: float = 600.0):
+    """Start (or join) the plan's cluster; yields its scheduler address, stops what it started.
+
+    A cluster that cannot start (no GPU for LocalCUDACluster, no ``sbatch``, a worker job Slurm
+    refuses, no worker within ``start_timeout`` seconds, no Kubernetes access) is a ClusterError
+    naming the plan, not a traceback or a wait without end. An adaptive cluster keeps at least
+    one worker while the run lasts: a started run has work, and a worker released while tasks
+    are being submitted is churn. Batch jobs carry :func:`ntkflow.cluster.slurm.job_name`; they
+    are cancelled when the run ends, however it ends (``flows.signals`` on signals,
+    ``flows.watchdog`` on SIGKILL)."""
+    if plan.address:
+        yield plan.address
+        return
+    import dask
+
+    module, _, attr = plan.cluster_class.rpartition(".")
+    cls = getattr(require(module), attr)
+    kwargs = dict(plan.kwargs)
+    if plan.cluster_class.startswith("dask_jobqueue."):
+        kwargs["job_name"] = slurm.job_name()
+    on_slurm = slurm.is_slurm(plan.cluster_class)
+    try:
+        with dask.config.set(_LOCAL_WORKER_CONFIG if plan.name in ("local", "cuda") else {}):
+            cluster = cls(**kwargs)
+    except Exception as e:  # noqa: BLE001 - any failure to start is reported the same way
+        raise ClusterError(f"cannot start {plan.describe()}: {type(e).__name__}: {e}") from e
+    try:
+        try:
+            if on_slurm:
+                slurm.check_submission(cluster)
+            if plan.adapt:
+                adapt = {**plan.adapt, "minimum": max(1, plan.adapt.get("minimum", 0))}
+                cluster.adapt(**adapt)
+            _wait_for_first_worker(cluster, plan, start_timeout)
+        except ClusterError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise ClusterError(f"cannot start {plan.describe()}: {type(e).__name__}: {e}") from e
+        yield cluster.scheduler_address
+    finally:
+        # A slow shutdown (workers busy exiting on a loaded machine) must not fail a run whose
+        # results are all written: log it and go on.
+        try:
+            cluster.close()
+        except Exception as e:  # noqa: BLE001
+            log.warning("closing %s: %s: %s", plan.describe(), type(e).__name__, e)
+        if on_slurm:
+            slurm.cancel_jobs()
+
+
+@contextlib.contextmanager
+def connect(address: str, timeout: str = "60s"):
+    """A Dask client of the scheduler at ``address``; ClusterError when it cannot be reached."""
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=timeout)
+    except (OSError, TimeoutError) as e:
+        raise ClusterError(f"cannot connect to the Dask scheduler {address}: {e}") from e
+    with client:
+        yield client
