@@ -7,6 +7,7 @@ import base64
 import hashlib
 import math
 import os
+import re
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -34,11 +35,20 @@ def results_table(summary: dict) -> list[dict]:
     ]
 
 
+FIGURE = re.compile(r"\]\(([\w.-]+\.png)\)")  # ![...](boxplot.png): a figure beside report.md
+
+
 def report_markdown(store: Store) -> str:
-    """report.md with the box plot embedded as a data URI (the UI cannot load a store path)."""
-    png = base64.b64encode(store.read_bytes("boxplot.png")).decode()
-    md = store.read_bytes("report.md").decode()
-    return md.replace("](boxplot.png)", f"](data:image/png;base64,{png})")
+    """report.md with every figure it shows embedded as a data URI: the UI cannot load a path
+    of the run folder (a figure left as a path shows as a broken image, only its alt text)."""
+
+    def embed(m: re.Match) -> str:
+        if not store.exists(m.group(1)):
+            return m.group(0)
+        png = base64.b64encode(store.read_bytes(m.group(1))).decode()
+        return f"](data:image/png;base64,{png})"
+
+    return FIGURE.sub(embed, store.read_bytes("report.md").decode())
 
 
 def publish(cfg: Config, out: str, summary: dict) -> None:

@@ -11,16 +11,77 @@ from ntkflow.config import Config
 from ntkflow.names import network_specs, parse_method
 from ntkflow.store import Store
 
+GROUPS = (("network", "networks"), ("linearized", "linearized"), ("kernel", "kernel regression"))
+
 
 def boxplot_png(df: pd.DataFrame, methods: list[str], formulas: str) -> bytes:
+    """Test RMSE per method over trials, grouped in panels (networks | linearized | kernel
+    regression) on one RMSE axis, with the median and the mean in a legend."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
     ok = df[df.status == "ok"]
-    data = [ok.loc[ok.method == m, "rmse"].to_numpy() for m in methods]
-    fig, (ax,) = _figure(1, (max(6, 0.8 * len(methods)), 4))
-    ax.boxplot(data, tick_labels=methods, showmeans=True)
-    ax.set_ylabel("test RMSE")
+    groups = [
+        (label, [m for m in methods if parse_method(m).kind == kind]) for kind, label in GROUPS
+    ]
+    groups = [(label, ms) for label, ms in groups if ms] or [("methods", list(methods))]
+    widths = [max(len(ms), 1.5) for _, ms in groups]
+    fig = Figure(figsize=(max(6.0, 0.5 * sum(widths) + 1.5), 4.6), dpi=110)
+    axes = np.atleast_1d(
+        fig.subplots(1, len(groups), sharey=True, gridspec_kw={"width_ratios": widths})
+    )
+    style = {
+        "medianprops": {"color": "tab:orange", "lw": 1.5},
+        "meanprops": {"marker": "^", "markerfacecolor": "tab:green", "markeredgecolor": "none"},
+    }
+    for ax, (label, ms) in zip(axes, groups, strict=True):
+        data = [ok.loc[ok.method == m, "rmse"].to_numpy(dtype=float) for m in ms]
+        data = [d[np.isfinite(d)] for d in data]
+        ax.boxplot(data, tick_labels=ms, showmeans=True, **style)
+        ax.tick_params(axis="x", labelrotation=60, labelsize=8)
+        ax.set_title(label, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("test RMSE")
+    handles = [
+        Line2D([], [], color="tab:orange", lw=1.5, label="median"),
+        Line2D([], [], marker="^", color="tab:green", ls="none", label="mean"),
+    ]
+    axes[-1].legend(handles=handles, fontsize=8, loc="best")
     n = ok.trial.nunique()
-    ax.set_title(f"Test RMSE over {n} trial(s), formulas={formulas}")
-    ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"Test RMSE over {n} trial(s), formulas={formulas}", fontsize=11)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def verdict_png(verdict: dict) -> bytes:
+    """Per network, the four prediction gaps (relative to its test RMSE) with their 95%
+    intervals (ntkflow.verdict); filled: the closest sides, which the intervals do not
+    separate."""
+    from ntkflow.verdict import SIDE_LABEL, SIDES
+
+    fig, axes = _figure(len(verdict), (4.8 * len(verdict), 3.2))
+    for ax, (name, e) in zip(axes, verdict.items(), strict=True):
+        sides = [k for k in SIDES if k in e["gaps"]]
+        for y, side in enumerate(sides):
+            g = e["gaps"][side]
+            r = g["relative"]
+            x = 100 * r["geo_mean"]
+            err = None
+            if g["n"] > 1:
+                err = [[x - 100 * r["ci_low"]], [100 * r["ci_high"] - x]]
+            near = side in e.get("closest", [])
+            face = "tab:blue" if near else "white"
+            ax.errorbar([x], [y], xerr=err, fmt="o", capsize=4, color="tab:blue", mfc=face)
+        ax.set_yticks(
+            range(len(sides)), [f"{SIDE_LABEL[k]}\n{e['gaps'][k]['predictor']}" for k in sides]
+        )
+        ax.set_ylim(-0.6, len(sides) - 0.4)
+        ax.invert_yaxis()
+        ax.set_xlim(left=0)
+        ax.set_xlabel("prediction gap, % of the network's test RMSE")
+        ax.set_title(f"{name}: {e['supports']} ({e['n']} trials)", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("Verdict: gaps with 95% intervals (filled: closest)", fontsize=10)
     fig.tight_layout()
     return _png(fig)
 
@@ -28,6 +89,8 @@ def boxplot_png(df: pd.DataFrame, methods: list[str], formulas: str) -> bytes:
 def write_theory_figures(cfg: Config, df: pd.DataFrame, summary: dict, store: Store) -> None:
     """theory.png: per-trial NN RMSE against LIN RMSE, one panel per depth (the widest network
     of a sweep); sweep.png: the gap to each LIN predictor against each varied setting."""
+    if summary.get("verdict"):
+        store.write_bytes("verdict.png", verdict_png(summary["verdict"]))
     if not summary.get("theory"):
         return
     ok = df[df.status == "ok"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from ntkflow.config import Config
+from ntkflow.markdown_verdict import ci as _ci
+from ntkflow.markdown_verdict import verdict_markdown
 from ntkflow.names import same_depth, same_family
 
 
@@ -88,45 +90,6 @@ def _fmt(v, col: str) -> str:
     if pd.isna(v):
         return "–"
     return str(int(v)) if col == "n" else f"{v:.4f}"
-
-
-# ---- the verdict (ntkflow.verdict) ------------------------------------------------------------
-def _ci(d: dict, digits: int = 4, scale: float = 1.0, pct: bool = False) -> str:
-    if not d or d.get("n", 0) < 2:
-        return "–"
-    f = (lambda v: f"{100 * v * scale:+.1f}%") if pct else (lambda v: f"{v * scale:+.{digits}f}")
-    return f"{f(d['mean_diff'])} [{f(d['ci_low'])}, {f(d['ci_high'])}]"
-
-
-def verdict_markdown(summary: dict) -> list[str]:
-    verdict = summary.get("verdict")
-    if not verdict:
-        return []
-    lines = [
-        "## Verdict: does the network behave like its NTK?",
-        "",
-        *[f"- {e['sentence']}" for e in verdict.values()],
-        "",
-        "Paper's comparison: test RMSE of the network − kernel regression with the analytic "
-        "NTK (t → ∞, no f₀). Matched comparison: RMSE between the network's test predictions "
-        "and its linearized SGD replay LIN-sgd (same f₀ and steps). Means over trials with "
-        "paired 95% t intervals; relative = divided by the network's mean test RMSE.",
-        "",
-        "| network | n | NN − kernel regression RMSE | relative | NN ↔ LIN-sgd gap | "
-        "relative | supports |",
-        "|---|---:|---|---|---|---|---|",
-    ]
-    for name, e in verdict.items():
-        m = e.get("matched") or {}
-        paper = e.get("paper") or {None: {}}
-        for k, d in paper.items():
-            rel = {key.removeprefix("rel_"): v for key, v in d.items() if key.startswith("rel_")}
-            lines.append(
-                f"| {name} | {d.get('n', 0)} | {f'{k}: ' if k else ''}{_ci(d)} | "
-                f"{_ci({**rel, 'n': d.get('n', 0)}, pct=True)} | {_ci(m.get('gap', {}))} | "
-                f"{_ci(m.get('rel_gap', {}), pct=True)} | {e['supports']} |"
-            )
-    return [*lines, ""]
 
 
 # ---- linearized theory (docs/theory.md) ---------------------------------------------------

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ntkflow import keys
 from ntkflow.config import Config
+from ntkflow.gaps import kernel_gaps
 from ntkflow.names import network_specs
 from ntkflow.store import Store
 from ntkflow.trial import Trial, complete, method_key
@@ -131,7 +132,11 @@ def collect(
                 flat[f"param_rel_change_l{i}"] = v
             # a method can fail alone (a diverged network): its own record says so
             rows.append({"trial": k, **flat, "method": m, "status": item.get("status", "ok")})
-    return pd.DataFrame(rows), failed, stale, results
+    df = pd.DataFrame(rows)
+    gaps = pd.DataFrame(kernel_gaps(store, results, network_specs(cfg), cfg.methods))
+    if len(gaps) and len(df):  # the networks' prediction gaps to kernel regression
+        df = df.merge(gaps, on=["trial", "method"], how="left")
+    return df, failed, stale, results
 
 
 def import_summary_modules() -> None:

@@ -1,4 +1,5 @@
-"""The after-kernel (LIN-after, final kernel error), sweep names and grids, and the verdict.
+"""The after-kernel (LIN-after, final kernel error), sweep names and grids (the verdict:
+tests/test_verdict.py).
 
 An untrained network's final kernel is its initial kernel: the after-kernel path computes it the
 same way (per-layer factors, float64), so LIN-after equals LIN-emp and the final error equals the
@@ -8,12 +9,11 @@ init error up to rounding of identical operations (1e-12 relative leaves orders 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from ntkflow import trial
 from ntkflow.config.presets import load_config
-from ntkflow.names import NetSpec, network_specs, parse_method
+from ntkflow.names import network_specs, parse_method
 from ntkflow.store import Store
 from ntkflow.trial.network import (
     initial_network,
@@ -22,7 +22,6 @@ from ntkflow.trial.network import (
     store_initial_ntk,
 )
 from ntkflow.trial.theory import after_predictions
-from ntkflow.verdict import verdict
 
 ONE = ["kernels=[NTKJ1]", "networks.depths=[1]", "networks.epochs=[3]"]
 
@@ -126,42 +125,3 @@ def test_grid_names_and_keep_t():
     swept = load_config("smoke", overrides=["networks.vary.width=[16, 32]"])
     t0, t1 = (trial.Trial(c, Store("memory://ntkflow-after/keys"), 0) for c in (plain, swept))
     assert trial.item_of(t0, "NN1").key() == trial.item_of(t1, "NN1@w32").key()
-
-
-# ---- the verdict -------------------------------------------------------------------------------
-def _fixture(gap: float, kernel_shift: float) -> pd.DataFrame:
-    """Results of 6 trials: NN1, kernel regression NTKJ1 = NN1 − shift (± noise), and LIN1-sgd
-    whose predictions are ``gap`` (relative, ± noise) from the network's."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for k in range(6):
-        nn = 1.0 + 0.05 * rng.standard_normal()
-        kr = nn - kernel_shift + 0.01 * rng.standard_normal()
-        g = nn * gap * (1 + 0.1 * rng.standard_normal())
-        rows += [
-            {"trial": k, "method": "NN1", "rmse": nn, "status": "ok"},
-            {"trial": k, "method": "NTKJ1", "rmse": kr, "status": "ok"},
-            {"trial": k, "method": "LIN1-sgd", "rmse": nn, "status": "ok", "rmse_vs_network": g},
-        ]
-    return pd.DataFrame(rows)
-
-
-SPEC = NetSpec(depth=1, width=512, lr=0.02, epochs=300, batch_size=8, parameterization="ntkj")
-
-
-@pytest.mark.parametrize(
-    "gap, shift, supports, words",
-    [
-        (0.02, 0.3, "matched", "support the matched comparison"),  # lazy; the paper's t → ∞
-        (0.3, 0.3, "neither", "single out neither"),  # the intervals overlap
-        (0.5, 0.0, "paper", "support the paper's comparison"),  # not lazy, yet like kernel reg.
-    ],
-)
-def test_the_verdict_follows_the_numbers(gap, shift, supports, words):
-    (v,) = verdict(_fixture(gap, shift), [SPEC], ["NTKJ1"]).values()
-    assert v["supports"] == supports and words in v["sentence"]
-    assert v["sentence"].startswith("NN1: ") and "NTKJ1" in v["sentence"]
-    paper_excludes_zero = v["paper"]["NTKJ1"]["ci_low"] > 0
-    assert paper_excludes_zero == (shift > 0)
-    undecided = verdict(_fixture(gap, shift).query("trial == 0"), [SPEC], ["NTKJ1"])
-    assert undecided["NN1"]["supports"] == "undecided"

@@ -164,13 +164,19 @@ def test_ui_shows_failed_trial_progress_and_report(tmp_path, server, browser, ru
     page = _open(browser, f"{server}/artifacts/artifact/{arts['table']['id']}", "NTKB1", "K1")
     shots.append(_shot(browser, "table-artifact"))
     assert not re.search(r"\d\.\d{5,}", page), page
-    # The report: the box plot is an image the browser loaded.
+    # The report: every figure of report.md is an image the browser loaded (none left as a path
+    # of the run folder, which the UI shows as a broken image).
     _open(browser, f"{server}/artifacts/artifact/{arts['markdown']['id']}", "Test RMSE per method")
-    loaded = browser.execute_script(
-        "const imgs = Array.from(document.images).filter(i => i.src.startsWith('data:image/png'));"
-        "return imgs.map(i => i.complete && i.naturalWidth);"
+    report_md = next((tmp_path / "runs").glob("*/report.md")).read_text()
+    figures = re.findall(r"!\[([^\]]*)\]\(([\w.-]+\.png)\)", report_md)
+    assert {f for _, f in figures} >= {"boxplot.png", "verdict.png", "theory.png"}, figures
+    images = browser.execute_script(
+        "return Array.from(document.images)"
+        ".map(i => [i.alt, i.src.slice(0, 22), i.complete && i.naturalWidth]);"
     )
-    assert loaded and all(w > 0 for w in loaded), loaded
+    shown = {alt: (src, w) for alt, src, w in images if alt in {a for a, _ in figures}}
+    assert set(shown) == {a for a, _ in figures}, images
+    assert all(src == "data:image/png;base64," and w > 0 for src, w in shown.values()), images
     browser.execute_script(
         "Array.from(document.images).find(i => i.src.startsWith('data:image/png'))"
         ".scrollIntoView({block: 'center'});"

@@ -1,9 +1,15 @@
 """Kernel items: kernel regression on a kernel's stored Gram (docs/formulas.md, "Kernel
-regression"): test RMSE and solve diagnostics."""
+regression"): test RMSE, solve diagnostics and the test predictions (``nets/<K>_krr.npz``,
+named in the record with their SHA-256 like every artifact), which the verdict compares with
+the network's (ntkflow.gaps)."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import time
+
+import numpy as np
 
 from ntkflow import krr
 from ntkflow.gram import CorruptArtifact
@@ -61,10 +67,13 @@ class KernelItem(RecordItem):
             attrs, reused = g.compute(), False
             t1 = time.perf_counter()
             pred, info = solve()
+        rel = t.net_path(self.name, "_krr.npz")
         return [
             {
                 "method": self.name,
                 "rmse": krr.rmse(pred, d.y[d.test]),
+                "predictions": rel,
+                "predictions_sha256": write_predictions(t, rel, np.asarray(pred)),
                 **info,
                 "seconds_gram": t1 - t0,
                 "seconds_solve": time.perf_counter() - t1,
@@ -73,3 +82,12 @@ class KernelItem(RecordItem):
                 "gram_sha256": attrs["sha256"],
             }
         ]
+
+
+def write_predictions(t: Trial, rel: str, pred: np.ndarray) -> str:
+    """Write the test predictions as one .npz (``pred_test``, one atomic write); returns its
+    SHA-256."""
+    buf = io.BytesIO()
+    np.savez(buf, pred_test=np.asarray(pred, dtype=np.float64))
+    t.store.write_bytes(rel, buf.getvalue())
+    return hashlib.sha256(buf.getvalue()).hexdigest()
