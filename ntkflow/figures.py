@@ -7,8 +7,7 @@ import io
 import numpy as np
 import pandas as pd
 
-from ntkflow.config import Config
-from ntkflow.names import network_specs, parse_method
+from ntkflow.names import parse_method
 from ntkflow.store import Store
 
 GROUPS = (("network", "networks"), ("linearized", "linearized"), ("kernel", "kernel regression"))
@@ -86,7 +85,7 @@ def verdict_png(verdict: dict) -> bytes:
     return _png(fig)
 
 
-def write_theory_figures(cfg: Config, df: pd.DataFrame, summary: dict, store: Store) -> None:
+def write_theory_figures(specs, df: pd.DataFrame, summary: dict, store: Store) -> None:
     """theory.png: per-trial NN RMSE against LIN RMSE, one panel per depth (the widest network
     of a sweep); sweep.png: the gap to each LIN predictor against each varied setting."""
     if summary.get("verdict"):
@@ -95,7 +94,7 @@ def write_theory_figures(cfg: Config, df: pd.DataFrame, summary: dict, store: St
         return
     ok = df[df.status == "ok"]
     widest = {}
-    for s in network_specs(cfg):
+    for s in specs:
         if s.depth not in widest or s.width > widest[s.depth].width:
             widest[s.depth] = s
     fig, axes = _figure(len(widest), (4.6 * len(widest), 4.2))

@@ -65,6 +65,7 @@ def markdown(summary: dict, cfg: Config) -> str:
             "",
         ]
     lines += theory_markdown(summary)
+    lines += settings_markdown(summary.get("computed_with") or {})
     failed = summary["failed_trials"]
     lines += ["## Failed trials", ""]
     lines += [f"- trial {f['trial']}: {f['error']}" for f in summary["failures"]] or ["none"]
@@ -252,3 +253,18 @@ def sweep_markdown(sweep: dict | None) -> list[str]:
                 lines.append(f"| {v} | " + " | ".join(cells) + " |")
             lines.append("")
     return [*lines, "![gap vs each varied setting](sweep.png)", ""]
+
+
+def settings_markdown(computed: dict) -> list[str]:
+    """Which settings computed which rows: the methods grouped by the command and settings
+    that computed them (ntkflow.holdings)."""
+    groups: dict[str, list[str]] = {}
+    for m, c in computed.items():
+        settings = c.get("settings")
+        shown = ", ".join(f"{k}={v}" for k, v in settings.items()) if settings else "unknown"
+        groups.setdefault(f"{c['by']}: {shown}", []).append(m)
+    if not groups:
+        return []
+    lines = ["## Which settings computed which rows", ""]
+    lines += [f"- {', '.join(ms)} — {what}" for what, ms in groups.items()]
+    return [*lines, ""]

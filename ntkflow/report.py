@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ntkflow import keys
 from ntkflow.config import Config
 from ntkflow.gaps import kernel_gaps
-from ntkflow.names import network_specs
+from ntkflow.holdings import holdings
 from ntkflow.store import Store
 from ntkflow.trial import Trial, complete, method_key
 from ntkflow.trial.items import code_versions
@@ -103,27 +103,30 @@ def up_to_date(cfg: Config, store: Store) -> tuple[list[int], dict | None]:
     return [], summary if current else None
 
 
-def collect(
-    cfg: Config, store: Store, deep: bool = False
-) -> tuple[pd.DataFrame, list[dict], list[dict], dict]:
+def collect(cfg: Config, store: Store, deep: bool = False):
     """Tidy rows (trial, method, rmse, status, timings, diagnostics), the failed trials (also
-    those whose result does not verify against ``cfg``), the stale items kept, and every
-    trial's result (None if it failed)."""
+    those whose result does not verify against ``cfg``), the stale items kept, every trial's
+    result (None if it failed) and what the folder holds (ntkflow.holdings: ``cfg``'s methods,
+    then those other commands computed into the same trials)."""
     import pandas as pd
 
-    rows, failed, stale, results = [], [], [], {}
-    for k, (res, bad) in _checked(cfg, store, deep).items():
+    rows, failed, stale = [], [], []
+    checked = _checked(cfg, store, deep)
+    results = {k: None if bad else res for k, (res, bad) in checked.items()}
+    held = holdings(cfg, store, results)
+    for k, (res, bad) in checked.items():
         t = Trial(cfg, store, k)
-        results[k] = None if bad else res
         if bad:
             why = t.error() if res is None else None
             failed.append({"trial": k, "error": why or "; ".join(bad)})
-            for m in cfg.methods:
+            for m in held.methods:
                 rows.append({"trial": k, "method": m, "rmse": float("nan"), "status": "failed"})
             continue
-        for m in cfg.methods:
-            item = res["methods"][m]
-            if item.get("key") != method_key(t, m):
+        for m in held.methods:
+            item = res["methods"].get(m)
+            if item is None:  # a method another command computed, not in this trial
+                continue
+            if m in cfg.methods and item.get("key") != method_key(t, m):
                 stale.append(
                     {"trial": k, "method": m, "key": item.get("key"), "code": item.get("code")}
                 )
@@ -133,10 +136,10 @@ def collect(
             # a method can fail alone (a diverged network): its own record says so
             rows.append({"trial": k, **flat, "method": m, "status": item.get("status", "ok")})
     df = pd.DataFrame(rows)
-    gaps = pd.DataFrame(kernel_gaps(store, results, network_specs(cfg), cfg.methods))
+    gaps = pd.DataFrame(kernel_gaps(store, results, held.specs, held.methods))
     if len(gaps) and len(df):  # the networks' prediction gaps to kernel regression
         df = df.merge(gaps, on=["trial", "method"], how="left")
-    return df, failed, stale, results
+    return df, failed, stale, results, held
 
 
 def import_summary_modules() -> None:
@@ -153,7 +156,7 @@ def aggregate(cfg: Config, store: Store, run_info: dict | None = None, deep=Fals
     """Write results.parquet, summary.json, boxplot.png and report.md; return the summary."""
     from ntkflow import figures, markdown, stats
 
-    df, failed, stale, results = collect(cfg, store, deep)
+    df, failed, stale, results, held = collect(cfg, store, deep)
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     store.write_bytes("results.parquet", buf.getvalue())
@@ -170,33 +173,34 @@ def aggregate(cfg: Config, store: Store, run_info: dict | None = None, deep=Fals
             "store": store.url,
             **(run_info or {}),
         },
-        **stats.summarize(df, cfg.methods),
+        **stats.summarize(df, held.methods),
+        "computed_with": held.computed_with,  # which settings computed which rows
         "failed_trials": [f["trial"] for f in failed],
         "failures": failed,
         # code versions (ntkflow.keys) of the items summarised, and those of this code
         "code_versions": {"items": produced, "current": code_versions()},
         "stale_items": stale,
-        **theory_sections(cfg, df, [f["trial"] for f in failed]),
+        **theory_sections(held, df, [f["trial"] for f in failed], cfg.networks.vary),
         "inputs": inputs_digest(cfg, results),  # a rerun with the same inputs need not redo it
     }
     store.write_json("summary.json", summary, sort_keys=False)
-    store.write_bytes("boxplot.png", figures.boxplot_png(df, cfg.methods, cfg.formulas))
-    figures.write_theory_figures(cfg, df, summary, store)
+    store.write_bytes("boxplot.png", figures.boxplot_png(df, held.methods, cfg.formulas))
+    figures.write_theory_figures(held.specs, df, summary, store)
     store.write_text("report.md", markdown.markdown(summary, cfg))
     return summary
 
 
-def theory_sections(cfg: Config, df: pd.DataFrame, failed_trials: list[int]) -> dict:
+def theory_sections(held, df: pd.DataFrame, failed_trials: list[int], vary: dict) -> dict:
     """summary.json's ``verdict`` and ``theory`` (per network), ``sweep`` (per varied setting:
     the gaps against it), ``width_slopes`` (against width, log-log) and ``missing`` (the trials
-    each method lacks besides the failed trials) sections."""
+    each method lacks besides the failed trials) sections, for the methods and networks ``held``
+    (ntkflow.holdings) and the command's ``networks.vary``."""
     from ntkflow import stats, verdict
 
-    specs = network_specs(cfg)
-    out: dict = {"missing": stats.missing_trials(df, cfg.methods, failed_trials)}
+    specs, methods = held.specs, held.methods
+    out: dict = {"missing": stats.missing_trials(df, methods, failed_trials)}
     if specs and len(df):
-        vary = cfg.networks.vary
-        out["verdict"] = verdict.verdict(df, specs, cfg.methods)
+        out["verdict"] = verdict.verdict(df, specs, methods)
         out["theory"] = stats.theory_summary(df, specs)
         out["sweep"] = stats.sweep_panels(df, specs, vary)
         if len(vary.get("width", [])) > 1:
