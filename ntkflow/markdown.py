@@ -100,6 +100,14 @@ def _pm(e: dict, digits: int = 4) -> str:
     return f"{e['mean']:.{digits}f} ± {e['se']:.{digits}f}"
 
 
+def _positive(d: dict | None, digits: int = 4) -> str:
+    """A gap's geometric mean and its interval (ntkflow.intervals), never below zero."""
+    if not d or not d.get("n"):
+        return "–"
+    g, lo, hi = (f"{d[k]:.{digits}f}" for k in ("geo_mean", "ci_low", "ci_high"))
+    return g if d["n"] < 2 else f"{g} [{lo}, {hi}]"
+
+
 def theory_markdown(summary: dict) -> list[str]:
     theory = summary.get("theory")
     lines: list[str] = []
@@ -112,7 +120,8 @@ def theory_markdown(summary: dict) -> list[str]:
             "initialisation), -inf (t → ∞, analytic), -sgd (the network's own SGD steps on the "
             "linear model, empirical NTK), -after (gradient flow with the empirical NTK of the "
             "trained network). gap = RMSE between the network's and the "
-            "predictor's test predictions (mean ± SE over trials where both exist); "
+            "predictor's test predictions (geometric mean [95% interval on the log] over trials "
+            "where both exist); "
             "rel. gap = gap / network test RMSE. vs reference: RMSE between the predictor and "
             "the one it differs from in one respect — -emp vs LIN: finite-width kernel error; "
             "-sgd vs -emp: SGD steps vs gradient flow; -inf vs LIN: t → ∞; -after vs -emp: "
@@ -133,7 +142,8 @@ def theory_markdown(summary: dict) -> list[str]:
                 )
                 lines.append(
                     f"| {name} | {t} | {m} | {p['rmse']['n'] if p['rmse'].get('n') else 0} | "
-                    f"{_pm(p['rmse'])} | {ci} | {_pm(p['gap'])} | {_pm(p['rel_gap'], 3)} | "
+                    f"{_pm(p['rmse'])} | {ci} | {_positive(p.get('gap_interval'))} | "
+                    f"{_positive(p.get('rel_gap_interval'), 3)} | "
                     f"{_pm(p.get('vs_reference', {}))} |"
                 )
         lines += ["", "Lazy-training diagnostics (mean ± SE over trials):", ""]

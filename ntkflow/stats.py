@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import stdtrit  # Student's t quantile: t.ppf(q, df) == stdtrit(df, q)
 
+from ntkflow.intervals import positive_interval
 from ntkflow.names import (
     SCALE_KEYS,
     THEORY_VARIANTS,
@@ -143,6 +144,9 @@ def theory_summary(df: pd.DataFrame, specs) -> dict:
                 "rmse": _mean_se(lin.loc[both, "rmse"]),
                 "gap": _mean_se(gap),
                 "rel_gap": _mean_se(rel),
+                # as the verdict's gaps: never below zero (ntkflow.intervals)
+                "gap_interval": positive_interval(gap),
+                "rel_gap_interval": positive_interval(rel),
                 # RMSE to the predictor differing in one respect (-emp: LIN, -sgd: -emp, -inf: LIN)
                 "vs_reference": _mean_se(ref),
                 "nn_minus_lin": paired_difference(nn.loc[both, "rmse"], lin.loc[both, "rmse"]),
