@@ -1,3 +1,5 @@
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -25,6 +27,38 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory) -> Path:
+    """A folder of this pytest run that every xdist worker sees: the workers' base temporary
+    folders are siblings in the controller's; without xdist the session's own base folder
+    (never one shared with other pytest sessions, which may run other code)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def once(shared_dir):
+    """``once(name, settings, build) -> folder``: the folder that ``build(folder)`` filled, built
+    by the first xdist worker that asks for these settings (under a file lock: the others wait,
+    then use it) and kept for the whole session. ``settings`` (JSON-able) name what the folder
+    holds; a build that fails leaves nothing, and the next test to ask builds again."""
+    from filelock import FileLock
+
+    def get(name: str, settings, build) -> Path:
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        folder = shared_dir / f"{name}-{digest}"
+        ready = folder.with_name(folder.name + ".ready")  # beside it: a copy of it never has it
+        with FileLock(f"{folder}.lock"):
+            if not ready.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir()
+                build(folder)
+                ready.touch()
+        return folder
+
+    return get
 
 
 @pytest.fixture(scope="session")

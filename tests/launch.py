@@ -1,5 +1,6 @@
-"""Helpers of the end-to-end chaos and concurrency tests: launch `ntkflow run` in its own
-process group, kill its whole process tree, read a run's outcome."""
+"""Helpers of the end-to-end tests (chaos, concurrency, S3, Slurm): launch `ntkflow run` in its
+own process group, kill its whole process tree, read a run's outcome, compute the numbers a run
+must give."""
 
 from __future__ import annotations
 
@@ -13,6 +14,51 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# The small run whose numbers the S3 and Slurm tests compare with a local computation: one
+# setting for both (S3 runs it --kernels-only), so one reference table serves both.
+SMALL = [
+    "trials=2",
+    "data.n_obs=120",
+    "kernels=[NTKB1, K1]",
+    "networks.depths=[1]",
+    "networks.width=64",
+    "networks.epochs=[20]",
+]
+
+REFERENCE = """
+import json, sys
+from ntkflow import report, trial
+from ntkflow.config.presets import load_config
+from ntkflow.store import Store
+cfg, store = load_config("smoke", overrides=json.loads(sys.argv[1])), Store(sys.argv[2])
+for k in range(cfg.trials):
+    trial.run_trial(cfg, store, k)
+print(json.dumps(report.aggregate(cfg, store)["methods"]))
+"""
+
+
+def reference_table(once, overrides: list[str]) -> dict:
+    """The summary's ``methods`` of the smoke preset with ``overrides``, computed by `run_trial`
+    into a local folder in one process with the workers' environment (single-threaded math
+    libraries, so the same float operations as any cluster's workers): the numbers a run on
+    another backend must give. Computed once per pytest session for each list of overrides
+    (``once``: the conftest fixture)."""
+    from ntkflow.cluster.resources import worker_env
+
+    def build(folder: Path) -> None:
+        res = subprocess.run(
+            [sys.executable, "-c", REFERENCE, json.dumps(overrides), str(folder / "store")],
+            cwd=ROOT,
+            env={**os.environ, **worker_env(1)},
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == 0, res.stderr
+        (folder / "methods.json").write_text(res.stdout.splitlines()[-1])
+
+    return json.loads((once("reference", overrides, build) / "methods.json").read_text())
 
 
 def launch(args, log: Path, home: Path, env=None) -> subprocess.Popen:

@@ -7,7 +7,6 @@ import random
 import time
 
 import pytest
-from filelock import FileLock
 from launch import kill_tree, launch, n_complete, summary
 
 from ntkflow import report as rep
@@ -42,27 +41,25 @@ FRACTIONS = [_rng.uniform(0, 1.2) for _ in range(KILLS)]
 assert sum(f < 1 for f in FRACTIONS) >= 3, "most kills must hit a running command"
 
 
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory):
-    """The uninterrupted run: its summary and its work span, computed once for every xdist
-    worker (the first one runs it under a file lock, the others read it)."""
-    shared = tmp_path_factory.getbasetemp().parent / "chaos-reference"
-    shared.mkdir(exist_ok=True)
-    result = shared / "reference.json"
-    with FileLock(str(shared / "lock")):
-        if not result.exists():
-            ref, last = shared / "ref", [0.0]
+@pytest.fixture
+def reference(once):
+    """The uninterrupted run: its summary and its work span, computed once per session for every
+    xdist worker (``once``: the first one runs it, the others read it)."""
 
-            def watch(t):
-                if n_complete(ref / RUN_ID) < 4:
-                    last[0] = t
-                return False
+    def build(shared):
+        ref, last = shared / "ref", [0.0]
 
-            proc, _ = _launch_until(ref, shared / "ref.log", shared / "home", watch)
-            assert proc.returncode == 0, (shared / "ref.log").read_text()
-            payload = {"work": last[0], "methods": summary(ref / RUN_ID)["methods"]}
-            result.write_text(json.dumps(payload))
-    return json.loads(result.read_text())
+        def watch(t):
+            if n_complete(ref / RUN_ID) < 4:
+                last[0] = t
+            return False
+
+        proc, _ = _launch_until(ref, shared / "ref.log", shared / "home", watch)
+        assert proc.returncode == 0, (shared / "ref.log").read_text()
+        payload = {"work": last[0], "methods": summary(ref / RUN_ID)["methods"]}
+        (shared / "reference.json").write_text(json.dumps(payload))
+
+    return json.loads((once("chaos-reference", ARGS, build) / "reference.json").read_text())
 
 
 @pytest.mark.parametrize("i", range(KILLS))

@@ -1,5 +1,9 @@
 """The ``ntkflow`` command on bad input: one clear error, exit 2, no traceback, no run folder;
-and a clean stop on SIGINT/SIGTERM (no orphaned server or worker)."""
+and a clean stop on SIGINT/SIGTERM (no orphaned server or worker).
+
+Usage errors run in this process through ``flows.cli.main(argv)`` (:func:`ntkflow_in_process`,
+also used by test_deploy_cli and test_sweep); the console script's own mapping of a usage error
+to exit 2 is proven once, in a subprocess (test_the_console_script_exits_2_on_a_usage_error)."""
 
 import contextlib
 import os
@@ -7,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,12 +23,38 @@ from ntkflow.config.presets import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS_ONLY = ["run", "--preset", "smoke", "--kernels-only"]
+HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # what the console script may take over
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def ntkflow_in_process(capsys, *argv: str) -> subprocess.CompletedProcess:
+    """``ntkflow ARGV`` as ``flows.cli.main(argv)`` in this process, where run_cli would run it
+    (the checkout as working folder, a Prefect home of its own, no Prefect API configured), for
+    commands that must stop before any work: asserts that the call started no process and left
+    the environment, the working folder and the signal handlers as they were."""
+    from flows.cli import main
+
+    me = psutil.Process()
+    with pytest.MonkeyPatch.context() as mp, tempfile.TemporaryDirectory() as home:
+        mp.chdir(ROOT)
+        mp.setenv("PREFECT_HOME", home)
+        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        mp.delenv("PREFECT_API_URL", raising=False)
+        env, handlers = dict(os.environ), [signal.getsignal(s) for s in HANDLED]
+        children = {p.pid for p in me.children(recursive=True)}
+        capsys.readouterr()  # what the test printed before is not the command's
+        rc = main(list(argv))
+        captured = capsys.readouterr()
+        started = [p.cmdline() for p in me.children(recursive=True) if p.pid not in children]
+        assert started == [], started  # no server, cluster or worker
+        assert dict(os.environ) == env and os.getcwd() == str(ROOT)
+        assert [signal.getsignal(s) for s in HANDLED] == handlers
+    return subprocess.CompletedProcess(["ntkflow", *argv], rc, captured.out, captured.err)
 
 
 def _usage_error(res, *words):
@@ -37,25 +68,49 @@ def _usage_error(res, *words):
     assert len(message.strip().splitlines()) <= 4, err
 
 
+def _usage_error_in_process(res, *words):
+    """:func:`_usage_error`, and nothing on stdout (an in-process call is captured whole)."""
+    _usage_error(res, *words)
+    assert res.stdout == "", res.stdout
+
+
 def _no_run_folder(out: Path):
     assert not out.exists() or not any(p.is_dir() for p in out.iterdir()), list(out.iterdir())
 
 
-def test_out_is_a_file(tmp_path, run_cli):
+def test_the_console_script_exits_2_on_a_usage_error(tmp_path):
+    """The real entry point (process-wide set-up, then main) turns a refused --out into exit
+    status 2 with one message; every other usage error is checked in-process. (Not run_cli:
+    nothing here reaches Prefect, so the quick tests need no seeded Prefect home.)"""
+    import shutil
+
     f = tmp_path / "a-file"
     f.write_text("x")
-    res = run_cli(*KERNELS_ONLY, "--out", str(f))
+    exe = shutil.which("ntkflow", path=str(Path(sys.executable).parent))
+    assert exe, "the console script is installed with the package (pip install -e .)"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home")}
+    env.pop("PREFECT_API_URL", None)
+    cmd = [exe, *KERNELS_ONLY, "--out", str(f)]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     _usage_error(res, "--out", str(f), "is a file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
-def test_out_not_writable(tmp_path, run_cli):
-    res = run_cli(*KERNELS_ONLY, "--out", "/proc/ntkflow-test/runs")
-    _usage_error(res, "--out", "/proc/ntkflow-test/runs", "cannot write there")
+def test_out_is_a_file(tmp_path, capsys):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    res = ntkflow_in_process(capsys, *KERNELS_ONLY, "--out", str(f))
+    _usage_error_in_process(res, "--out", str(f), "is a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] and f.read_text() == "x"
+
+
+def test_out_not_writable(capsys):
+    res = ntkflow_in_process(capsys, *KERNELS_ONLY, "--out", "/proc/ntkflow-test/runs")
+    _usage_error_in_process(res, "--out", "/proc/ntkflow-test/runs", "cannot write there")
     assert not os.path.exists("/proc/ntkflow-test")
 
 
-def test_out_read_only_store(tmp_path, run_cli):
+def test_out_read_only_store(tmp_path, capsys):
     """A store opened read-only (a zip archive through fsspec; read-only even for root)."""
     import zipfile
 
@@ -63,30 +118,31 @@ def test_out_read_only_store(tmp_path, run_cli):
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("runs/readme.txt", "x")
     before = archive.read_bytes()
-    res = run_cli(*KERNELS_ONLY, "--out", f"zip://runs::{archive}")
-    _usage_error(res, "--out", "cannot write there")
+    res = ntkflow_in_process(capsys, *KERNELS_ONLY, "--out", f"zip://runs::{archive}")
+    _usage_error_in_process(res, "--out", "cannot write there")
     assert archive.read_bytes() == before
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_out_read_only_folder(tmp_path, run_cli):
+def test_out_read_only_folder(tmp_path, capsys):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        res = run_cli(*KERNELS_ONLY, "--out", str(ro))
-        _usage_error(res, "--out", "cannot write there")
+        res = ntkflow_in_process(capsys, *KERNELS_ONLY, "--out", str(ro))
+        _usage_error_in_process(res, "--out", "cannot write there")
         assert list(ro.iterdir()) == []
     finally:
         ro.chmod(0o700)
 
 
-def test_unreachable_cluster_fails_fast(tmp_path, run_cli):
+def test_unreachable_cluster_fails_fast(tmp_path, capsys):
     assert load_config().compute.connect_timeout <= 10  # the default wait is short
     out = tmp_path / "runs"
     address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
     t0 = time.monotonic()
-    res = run_cli(
+    res = ntkflow_in_process(
+        capsys,
         *KERNELS_ONLY,
         "--cluster",
         address,
@@ -95,12 +151,12 @@ def test_unreachable_cluster_fails_fast(tmp_path, run_cli):
         "--out",
         str(out),
     )
-    _usage_error(res, "--cluster", address, "no Dask scheduler answered within 2 s")
-    assert time.monotonic() - t0 < 60  # 2 s of waiting plus the command's start
+    _usage_error_in_process(res, "--cluster", address, "no Dask scheduler answered within 2 s")
+    assert time.monotonic() - t0 < 30  # 2 s of waiting, and no start of a process
     _no_run_folder(out)
 
 
-def test_cuda_cluster_without_gpu_stack(tmp_path, run_cli):
+def test_cuda_cluster_without_gpu_stack(tmp_path, capsys):
     from importlib.util import find_spec
 
     import torch
@@ -108,8 +164,8 @@ def test_cuda_cluster_without_gpu_stack(tmp_path, run_cli):
     if find_spec("dask_cuda") is not None and torch.cuda.device_count() > 0:
         pytest.skip("dask-cuda and a GPU are present: --cluster cuda is valid here")
     out = tmp_path / "runs"
-    res = run_cli(*KERNELS_ONLY, "--cluster", "cuda", "--out", str(out))
-    _usage_error(res, "--cluster cuda", "--cluster local")
+    res = ntkflow_in_process(capsys, *KERNELS_ONLY, "--cluster", "cuda", "--out", str(out))
+    _usage_error_in_process(res, "--cluster cuda", "--cluster local")
     _no_run_folder(out)
 
 
@@ -129,30 +185,34 @@ def test_cuda_cluster_without_gpu_stack(tmp_path, run_cli):
         (["--set", "kernels=[NTKB1000000]"], ["kernels", "depth 1000000 outside 1..64"]),
     ],
 )
-def test_bad_values_are_usage_errors(tmp_path, run_cli, args, words):
+def test_bad_values_are_usage_errors(tmp_path, capsys, args, words):
     out = tmp_path / "runs"
-    res = run_cli("run", "--preset", "smoke", "--out", str(out), *args)
-    _usage_error(res, *words)
+    res = ntkflow_in_process(capsys, "run", "--preset", "smoke", "--out", str(out), *args)
+    _usage_error_in_process(res, *words)
     assert not out.exists()
 
 
-def test_binary_config_file(tmp_path, run_cli):
+def test_binary_config_file(tmp_path, capsys):
     f = tmp_path / "c.yaml"
     f.write_bytes(bytes(range(256)) * 4)
-    res = run_cli(*KERNELS_ONLY, "--config", str(f), "--out", str(tmp_path / "runs"))
-    _usage_error(res, "--config", str(f))
+    out = tmp_path / "runs"
+    res = ntkflow_in_process(capsys, *KERNELS_ONLY, "--config", str(f), "--out", str(out))
+    _usage_error_in_process(res, "--config", str(f))
+    assert not out.exists()
 
 
-def test_report_on_a_malformed_config_yaml(tmp_path, run_cli):
+def test_report_on_a_malformed_config_yaml(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text("trials: [1, 2\nseed: {\n")
-    res = run_cli("report", str(run_dir))
-    _usage_error(res, "config.yaml", "not a readable YAML config")
+    res = ntkflow_in_process(capsys, "report", str(run_dir))
+    _usage_error_in_process(res, "config.yaml", "not a readable YAML config")
     (run_dir / "config.yaml").write_bytes(b"\xff\xfe\x00binary")
-    _usage_error(run_cli("report", str(run_dir)), "config.yaml")
+    _usage_error_in_process(ntkflow_in_process(capsys, "report", str(run_dir)), "config.yaml")
     (run_dir / "config.yaml").write_text("- just\n- a list\n")
-    _usage_error(run_cli("report", str(run_dir)), "expected a mapping")
+    res = ntkflow_in_process(capsys, "report", str(run_dir))
+    _usage_error_in_process(res, "expected a mapping")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]  # nothing written
 
 
 # ---- in-process: main(argv) returns the exit status ----------------------------------------

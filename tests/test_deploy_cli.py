@@ -3,10 +3,11 @@ clusters and stores fail with one clear error, exit status 2 and no run folder."
 
 import inspect
 import json
-import os
+import sys
 
 import pytest
 import yaml
+from test_cli import ntkflow_in_process
 
 from flows.cli import _load, _parser, flow_parameters
 from flows.experiment import resolve_config
@@ -85,34 +86,25 @@ def _refused(res, out, *needles):
     assert not (out / load_config("smoke").run_id).exists()  # no half-written run folder
 
 
-def test_unknown_cluster_spec_file(tmp_path, run_cli):
+def test_unknown_cluster_spec_file(tmp_path, capsys):
     out = tmp_path / "runs"
-    res = run_cli(*SMOKE, "--out", str(out), "--cluster", "deploy/nope.yaml")
+    res = ntkflow_in_process(capsys, *SMOKE, "--out", str(out), "--cluster", "deploy/nope.yaml")
     _refused(res, out, "cluster: unknown cluster 'deploy/nope.yaml'", "deploy/slurm-gpu.yaml")
 
 
-def test_spec_of_a_missing_extra(tmp_path, run_cli):
-    """dask-jobqueue absent (an importable stub that fails like a missing package)."""
-    stub = tmp_path / "stub/dask_jobqueue"
-    stub.mkdir(parents=True)
-    (stub / "__init__.py").write_text("raise ImportError(\"No module named 'dask_jobqueue'\")\n")
-    from conftest import ROOT
-
-    pythonpath = os.pathsep.join([str(tmp_path / "stub"), str(ROOT)])
+def test_spec_of_a_missing_extra(tmp_path, capsys, monkeypatch):
+    """dask-jobqueue absent: its import fails as a package that is not installed fails."""
+    monkeypatch.setitem(sys.modules, "dask_jobqueue", None)  # ModuleNotFoundError on import
+    with pytest.raises(ModuleNotFoundError):
+        import dask_jobqueue  # noqa: F401
     out = tmp_path / "runs"
-    res = run_cli(
-        *SMOKE,
-        "--out",
-        str(out),
-        "--cluster",
-        "deploy/slurm-gpu.yaml",
-        env={"PYTHONPATH": pythonpath},
-    )
+    spec = "deploy/slurm-gpu.yaml"
+    res = ntkflow_in_process(capsys, *SMOKE, "--out", str(out), "--cluster", spec)
     _refused(res, out, "dask_jobqueue is not installed", "pip install 'ntkflow[slurm]'")
 
 
-def test_store_that_cannot_be_opened(tmp_path, run_cli):
-    res = run_cli(*SMOKE, "--out", "nosuchfs://bucket/runs")
+def test_store_that_cannot_be_opened(capsys):
+    res = ntkflow_in_process(capsys, *SMOKE, "--out", "nosuchfs://bucket/runs")
     assert res.returncode == 2, res.stderr
     assert "--out 'nosuchfs://bucket/runs': not a folder or URL that can be opened" in res.stderr
 

@@ -2,10 +2,7 @@
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
 
 import pandas as pd
 import pytest
@@ -107,27 +104,24 @@ def test_smoke_run_fails_one_trial_then_reruns_only_it(tmp_path, run_cli):
 
 
 def test_persistent_failure_keeps_failing(tmp_path, run_cli):
+    """A fault without ``faults.fail_once`` fails its trial on every run: the rerun does not
+    take the failed trial as done, computes it again and fails it again (exit 1 both times).
+    The fault fires before the trial computes anything: one trial on one worker suffices."""
     out = tmp_path / "runs"
-    args = [
-        "run",
-        *SMOKE,
-        "--kernels-only",
-        "--out",
-        str(out),
-        "--set",
-        "faults.fail_trials=[0]",
-        "--set",
-        "trials=1",
-    ]
-    assert run_cli(*args).returncode == 1
-    res = run_cli(*args)
-    assert res.returncode == 1 and "failed" in res.stderr
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    sets = ["faults.fail_trials=[0]", "trials=1", "compute.n_workers=1"]
+    args = ["run", "--preset", "smoke", "--kernels-only", "--out", str(out)]
+    args += [a for s in sets for a in ("--set", s)]
+    run_dir = out / load_config("smoke", overrides=[*sets, "networks.enabled=false"]).run_id
+    for runs in (1, 2):
+        res = run_cli(*args)
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert "1 trial(s), 1 to compute" in res.stdout + res.stderr
+        assert "failed" in res.stderr
+        summary = _summary(run_dir)
+        assert summary["failed_trials"] == [0] and summary["methods"]["NTKB1"]["n"] == 0
+        assert "injected fault in trial 0" in summary["failures"][0]["error"]
+        assert len(summary["run"]["flow_runs"]) == runs  # this run's flow run is recorded
+    assert not (run_dir / "trials/000/result.json").exists()
 
 
 def test_against_a_real_prefect_server(tmp_path, prefect_home, run_cli):
@@ -157,56 +151,3 @@ def test_against_a_real_prefect_server(tmp_path, prefect_home, run_cli):
         (run,) = [f for f in flows if f["parent_task_run_id"] is None]  # `experiment`
         base = api.removesuffix("/api")
         assert f"Prefect UI: {base}/runs/flow-run/{run['id']}" in res.stdout
-
-
-def test_existing_dask_cluster_by_address(tmp_path, run_cli):
-    """`--cluster ADDRESS`: hand-started scheduler and workers report to the run's Prefect API."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "worker-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    env.pop("PREFECT_API_URL", None)
-    bindir = os.path.dirname(sys.executable)
-    log = open(tmp_path / "workers.log", "w")
-    procs = [
-        subprocess.Popen(
-            [f"{bindir}/dask", "scheduler", "--port", str(port), "--dashboard-address", ":0"],
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
-    ]
-    address = f"tcp://127.0.0.1:{port}"
-    try:
-        time.sleep(3)
-        procs.append(
-            subprocess.Popen(
-                [f"{bindir}/dask", "worker", address, "--nworkers", "2", "--nthreads", "1"],
-                env=env,
-                stdout=log,
-                stderr=log,
-            )
-        )
-        res = run_cli(
-            "run",
-            "--preset",
-            "smoke",
-            "--kernels-only",
-            "--cluster",
-            address,
-            "--out",
-            str(tmp_path / "runs"),
-        )
-        assert res.returncode == 0, res.stdout + res.stderr
-        assert "2 worker(s) of" in res.stderr
-        summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
-        assert summary["methods"]["NTKB1"]["n"] == 2
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-            p.wait(timeout=30)
-        log.close()
-    # no worker started a private Prefect server of its own
-    assert "Starting temporary server" not in (tmp_path / "workers.log").read_text()

@@ -3,54 +3,30 @@ concurrent launches, SIGKILL and rerun, leftovers of dead writers. The unit-leve
 corruption tests run on S3 too (parametrized in test_gram_store, test_concurrency and
 test_trial_store)."""
 
-import json
-import os
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
-from launch import kill_tree, launch
+from launch import SMALL, kill_tree, launch, reference_table
 
 from ntkflow import report, trial
-from ntkflow.cluster.resources import worker_env
 from ntkflow.config.presets import load_config
 from ntkflow.store import Store
 from ntkflow.trial import manifest
 
-SETS = ["trials=2", "data.n_obs=120", "compute.n_workers=2", "kernels=[NTKB1, K1]"]
+SETS = [*SMALL, "compute.n_workers=2"]
 ARGS = ["run", "--preset", "smoke", "--kernels-only", *[a for s in SETS for a in ("--set", s)]]
 CFG = load_config("smoke", overrides=[*SETS, "networks.enabled=false"])
 
 
-REFERENCE = """
-import json, sys
-from ntkflow import report, trial
-from ntkflow.cluster.resources import worker_env
-from ntkflow.config.presets import load_config
-from ntkflow.store import Store
-cfg, store = load_config("smoke", overrides=json.loads(sys.argv[1])), Store(sys.argv[2])
-for k in range(cfg.trials):
-    trial.run_trial(cfg, store, k)
-print(json.dumps(report.aggregate(cfg, store)["methods"]))
-"""
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The same trials on a local folder, computed in a process with the workers' environment
-    (single-threaded math libraries, so the same float operations): the numbers S3 must give."""
-    folder = tmp_path_factory.mktemp("local-reference")
-    overrides = json.dumps([*SETS, "networks.enabled=false"])
-    res = subprocess.run(
-        [sys.executable, "-c", REFERENCE, overrides, str(folder)],
-        env={**os.environ, **worker_env(1)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(res.stdout.splitlines()[-1])
+@pytest.fixture
+def reference(once):
+    """The kernels' numbers S3 must give: those of the same trials on a local folder, from the
+    table the Slurm tests use too (the networks they add change no kernel's numbers)."""
+    table = reference_table(once, SMALL)
+    return {m: table[m] for m in CFG.methods}
 
 
 def _ntkflow(*args, timeout=600):

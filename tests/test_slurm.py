@@ -12,10 +12,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from launch import launch
+from launch import SMALL, launch, reference_table
 from servers import slurm_spec as _spec
 
-from ntkflow.cluster.resources import worker_env
 from ntkflow.cluster.slurm import job_name
 from ntkflow.config.presets import load_config
 
@@ -23,14 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # every Slurm test in one xdist worker (one private Slurm; the node has few CPUs)
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
-SETS = [
-    "trials=2",
-    "data.n_obs=120",
-    "kernels=[NTKB1, K1]",
-    "networks.depths=[1]",
-    "networks.width=64",
-    "networks.epochs=[20]",
-]
+SETS = SMALL  # the S3 tests share its reference table
 ARGS = ["run", "--preset", "smoke", *[a for s in SETS for a in ("--set", s)]]
 CFG = load_config("smoke", overrides=SETS)
 
@@ -47,19 +39,7 @@ def _queue_empties(timeout: float = 20.0) -> list[str]:
     return left
 
 
-REFERENCE = """
-import json, sys
-from ntkflow import report, trial
-from ntkflow.config.presets import load_config
-from ntkflow.store import Store
-cfg, store = load_config("smoke", overrides=json.loads(sys.argv[1])), Store(sys.argv[2])
-for k in range(cfg.trials):
-    trial.run_trial(cfg, store, k)
-print(json.dumps(report.aggregate(cfg, store)["methods"]))
-"""
-
-
-def test_the_shipped_gpu_spec_runs_on_slurm_with_the_local_numbers(slurm_env, tmp_path):
+def test_the_shipped_gpu_spec_runs_on_slurm_with_the_local_numbers(slurm_env, tmp_path, once):
     spec = _spec(tmp_path)
     log = tmp_path / "run.log"
     proc = launch([*ARGS, "--cluster", str(spec), "--out", str(tmp_path / "runs")], log, tmp_path)
@@ -68,7 +48,7 @@ def test_the_shipped_gpu_spec_runs_on_slurm_with_the_local_numbers(slurm_env, tm
     assert proc.returncode == 0, out
     assert _queue_empties() == []
     summary = json.loads((tmp_path / "runs" / CFG.run_id / "summary.json").read_text())
-    reference = _reference(tmp_path, SETS)  # the same numbers as a local computation
+    reference = reference_table(once, SETS)  # the same numbers as a local computation
     assert summary["failed_trials"] == []
     for method, stats in reference.items():
         assert summary["methods"][method]["mean_rmse"] == pytest.approx(
@@ -145,19 +125,9 @@ def test_sigterm_cancels_every_job_of_the_run_before_it_exits(slurm_env, tmp_pat
     assert list((tmp_path / "runs").glob("*/trials/*/items/NN*.json")) == done  # no training
 
 
-def _reference(tmp_path: Path, sets: list[str]) -> dict:
-    """The same trials in one process with the workers' single-threaded math."""
-    res = subprocess.run(
-        [sys.executable, "-c", REFERENCE, json.dumps(sets), str(tmp_path / "local")],
-        env={**os.environ, **worker_env(1)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(res.stdout.splitlines()[-1])
-
-
-def test_a_busy_worker_cancelled_by_scancel_is_replaced_with_the_same_numbers(slurm_env, tmp_path):
+def test_a_busy_worker_cancelled_by_scancel_is_replaced_with_the_same_numbers(
+    slurm_env, tmp_path, once
+):
     spec = _spec(tmp_path)
     spec.write_text(spec.read_text().replace("maximum: 2", "maximum: 1"))  # one job at a time
     sets = [*SETS, "networks.epochs=[600]"]
@@ -179,7 +149,7 @@ def test_a_busy_worker_cancelled_by_scancel_is_replaced_with_the_same_numbers(sl
     assert len(jobs) >= 2 and job in jobs, jobs  # the cancelled job and its replacement
     summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
     assert summary["failed_trials"] == []
-    for method, stats in _reference(tmp_path, sets).items():
+    for method, stats in reference_table(once, sets).items():
         assert summary["methods"][method]["mean_rmse"] == pytest.approx(
             stats["mean_rmse"], rel=1e-9
         ), method

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+from test_cli import ntkflow_in_process
 
 from ntkflow import report, trial
 from ntkflow.config import ConfigError
@@ -120,10 +121,13 @@ def test_sweep_config():
         (["--widths", "64", "--set", "networks.epochs=[0, 1]"], "networks.epochs"),  # t = 0
     ],
 )
-def test_bad_sweeps_are_rejected_before_any_work(run_cli, tmp_path, args, field):
-    r = run_cli("sweep", "--preset", "smoke", "--out", str(tmp_path / "out"), *args)
+def test_bad_sweeps_are_rejected_before_any_work(capsys, tmp_path, args, field):
+    """Exit 2 naming the field, and nothing started or written (ntkflow_in_process)."""
+    r = ntkflow_in_process(
+        capsys, "sweep", "--preset", "smoke", "--out", str(tmp_path / "out"), *args
+    )
     assert r.returncode == 2, r.stderr
-    assert field in r.stderr and "Traceback" not in r.stderr
+    assert field in r.stderr and "Traceback" not in r.stderr and r.stdout == ""
     assert not (tmp_path / "out").exists()
 
 

@@ -2,10 +2,12 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +18,51 @@ from ntkflow.config.presets import load_config
 from ntkflow.store import Store
 
 KERNELS_ONLY = ["networks.enabled=false", "kernels=[NTKB1, NTKJ2, K1]"]
+NETS = ["networks.enabled=true", "networks.depths=[1]", "networks.epochs=[2]"]
 
 
 def _cfg(*extra):
     return load_config("smoke", overrides=[*KERNELS_ONLY, *extra])
+
+
+# ---- pristine stores: every trial of a config computed from scratch, once, then copied ---------
+def _compute(cfg, store: Store) -> None:
+    for k in range(cfg.trials):
+        trial.run_trial(cfg, store, k)
+
+
+@pytest.fixture(scope="module")
+def _s3_pristine():
+    """Config → its pristine store on this process's S3 API (each xdist worker has its own)."""
+    return {}
+
+
+@pytest.fixture
+def pristine(once, tmp_path, request, _s3_pristine):
+    """``pristine(cfg, backend="local", into=tmp_path) -> Store``: a fresh copy of the store in
+    which `run_trial` computed every trial of ``cfg`` from scratch, for tests that damage or
+    extend a finished store, not the ones that check its first computation. Built once per
+    session (locally: shared by the xdist workers; on S3: once per worker, on its S3 API, so the
+    copy holds what S3 writes) and copied: with copytree, or object by object on S3."""
+
+    def get(cfg, backend="local", into=tmp_path) -> Store:
+        settings = cfg.model_dump(mode="json")
+        if backend == "local":
+            built = once("run-trial-store", settings, lambda folder: _compute(cfg, Store(folder)))
+            shutil.copytree(built, into, dirs_exist_ok=True)
+            return Store(into)
+        store = Store(request.getfixturevalue("s3_root"))
+        key = json.dumps(settings, sort_keys=True)
+        if key not in _s3_pristine:
+            built = Store(f"s3://ntkflow/pristine-{uuid.uuid4().hex[:12]}")
+            _compute(cfg, built)
+            _s3_pristine[key] = built
+        built = _s3_pristine[key]
+        files = sorted(built.files(""))
+        built.fs.copy([built.path(f) for f in files], [store.path(f) for f in files])
+        return store
+
+    return get
 
 
 def test_memory_store_end_to_end():
@@ -34,8 +77,8 @@ def test_memory_store_end_to_end():
     assert set(store.listdir("trials/000/gram")) == {"NTKB1.zarr", "NTKJ2.zarr", "K1.zarr"}
 
 
-def test_blockwise_solve_matches_in_memory(tmp_path):
-    mem = trial.run_trial(_cfg(), Store(tmp_path / "a"), 0)["methods"]
+def test_blockwise_solve_matches_in_memory(tmp_path, pristine):
+    mem = trial.load_result(pristine(_cfg()), 0)["methods"]
     blk = trial.run_trial(
         _cfg("compute.memory_budget_gb=1e-9", "compute.gram_block=32"), Store(tmp_path / "b"), 0
     )["methods"]
@@ -54,11 +97,9 @@ def _flip_bytes(path: Path, at: int = 100) -> None:
     path.write_bytes(bytes(raw))
 
 
-def test_corrupted_artifacts_are_detected_and_recomputed(tmp_path, caplog):
+def test_corrupted_artifacts_are_detected_and_recomputed(tmp_path, caplog, pristine):
     cfg = _cfg()
-    store = Store(tmp_path)
-    for k in range(cfg.trials):
-        trial.run_trial(cfg, store, k)
+    store = pristine(cfg)
     before = report.aggregate(cfg, store)["methods"]
     t0 = tmp_path / "trials/000"
 
@@ -87,10 +128,10 @@ def test_corrupted_artifacts_are_detected_and_recomputed(tmp_path, caplog):
     np.testing.assert_array_equal(trial.load_data(store, 0).y, y_before)
 
 
-def test_rerun_reuses_verified_items(tmp_path):
+def test_rerun_reuses_verified_items(tmp_path, pristine):
     cfg = _cfg()
-    store = Store(tmp_path)
-    first = trial.run_trial(cfg, store, 1)
+    store = pristine(cfg)
+    first = trial.load_result(store, 1)
     (tmp_path / "trials/001/result.json").unlink()
     mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "trials/001/items").iterdir()}
     second = trial.run_trial(cfg, store, 1)
@@ -217,12 +258,11 @@ CORRUPTIONS = {
 @pytest.mark.parametrize("networks", [False, True], ids=["kernels-only", "networks"])
 @pytest.mark.parametrize("what", list(CORRUPTIONS))
 def test_any_broken_artifact_is_recomputed_by_a_plain_rerun(
-    tmp_path, what, networks, backend, request, caplog
+    what, networks, backend, pristine, caplog
 ):
-    nets = ["networks.enabled=true", "networks.depths=[1]", "networks.epochs=[2]"]
-    cfg = _cfg("kernels=[NTKB1, NTKJ2, K1]", "trials=1", *(nets if networks else []))
-    store = Store(tmp_path) if backend == "local" else Store(request.getfixturevalue("s3_root"))
-    ref = trial.run_trial(cfg, store, 0)["methods"]
+    cfg = _cfg("trials=1", *(NETS if networks else []))
+    store = pristine(cfg, backend)
+    ref = trial.load_result(store, 0)["methods"]
     damage, logged = CORRUPTIONS[what]
     damage(store)
     assert trial.complete(cfg, store, 0) is None  # noticed without any manual deletion
@@ -237,10 +277,10 @@ def test_any_broken_artifact_is_recomputed_by_a_plain_rerun(
     assert not [f for f in store.files("") if ".tmp-" in f or ".trash-" in f]
 
 
-def test_verify_finds_a_flipped_bit_and_the_rerun_recomputes_it(tmp_path):
+def test_verify_finds_a_flipped_bit_and_the_rerun_recomputes_it(tmp_path, pristine):
     cfg = _cfg("trials=1")
-    store = Store(tmp_path)
-    ref = trial.run_trial(cfg, store, 0)["methods"]
+    store = pristine(cfg)
+    ref = trial.load_result(store, 0)["methods"]
     assert report.verify(cfg, store) == {0: []}
     _flip_bytes(tmp_path / _chunk())
     assert trial.complete(cfg, store, 0) is not None  # same files and sizes: only checksums see it
@@ -261,10 +301,9 @@ def test_verify_finds_a_flipped_bit_and_the_rerun_recomputes_it(tmp_path):
     assert report.verify(cfg, store) == {0: []}
 
 
-def test_report_flags_results_of_another_run_id_or_variant(tmp_path):
+def test_report_flags_results_of_another_run_id_or_variant(pristine):
     cfg = _cfg("trials=1")
-    store = Store(tmp_path)
-    trial.run_trial(cfg, store, 0)
+    store = pristine(cfg)
     for edit in ("seed=5", "formulas=published"):
         other = _cfg("trials=1", edit)
         (problems,) = report.verify(other, store).values()
@@ -299,12 +338,12 @@ def test_growing_trials_adding_and_reordering_kernels_reuse_everything(tmp_path)
     assert all(trial.complete(reordered, store, k) is not None for k in range(3))
 
 
-def test_items_of_another_code_version_are_recomputed_or_kept_and_listed(tmp_path, monkeypatch):
+def test_items_of_another_code_version_are_recomputed_or_kept_and_listed(pristine, monkeypatch):
     from ntkflow import keys
 
-    store = Store(tmp_path)
     cfg = _cfg("trials=1")
-    first = trial.run_trial(cfg, store, 0)["methods"]
+    store = pristine(cfg)
+    first = trial.load_result(store, 0)["methods"]
     from ntkflow.trial.items import KINDS
 
     real = keys.code_version
@@ -340,16 +379,14 @@ def test_network_items_are_keyed_without_log_every(tmp_path):
     assert again["K1"] == first["K1"] and again["NN1"]["key"] != first["NN1"]["key"]
 
 
-def test_verify_and_report_commands(tmp_path, capsys):
+def test_verify_and_report_commands(tmp_path, capsys, pristine):
     from flows.cli import main
     from ntkflow.config import to_yaml
 
     cfg = _cfg()
     run_dir = tmp_path / cfg.run_id
-    store = Store(run_dir)
+    store = pristine(cfg, into=run_dir)
     store.write_text("config.yaml", to_yaml(cfg, provenance={}))
-    for k in range(cfg.trials):
-        trial.run_trial(cfg, store, k)
     assert main(["verify", str(run_dir)]) == 0
     assert "2 of 2 trial(s) verified" in capsys.readouterr().err
     _flip_bytes(run_dir / "trials/001/gram/K1.zarr/test_train/c/0/0")
@@ -372,13 +409,12 @@ def test_verify_and_report_commands(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("networks", [False, True], ids=["kernels-only", "networks"])
-def test_a_missing_gram_chunk_heals_by_a_rerun_and_by_verify(tmp_path, networks):
+def test_a_missing_gram_chunk_heals_by_a_rerun_and_by_verify(tmp_path, networks, pristine):
     """A chunk deleted under a finished trial: a plain rerun recomputes that Gram only (the
     networks are reused), and `verify` removes the damaged Gram so the next run recomputes it."""
-    extra = [] if networks else ["networks.enabled=false"]
-    cfg = load_config("smoke", overrides=["trials=1", "kernels=[NTKB1, K1]", *extra])
-    store = Store(tmp_path)
-    ref = trial.run_trial(cfg, store, 0)["methods"]
+    cfg = _cfg("trials=1", *(NETS if networks else []))
+    store = pristine(cfg)
+    ref = trial.load_result(store, 0)["methods"]
     gram_dir = tmp_path / "trials/000/gram/NTKB1.zarr"
     chunk = sorted((gram_dir / "train_train/c").rglob("*"))[-1]
     kept = _mtimes(tmp_path, "trials/000/items/*.json")
