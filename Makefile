@@ -28,8 +28,10 @@ test: venv chromium
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -n 4 --dist loadgroup --timeout=900 --durations=15
 
+# About a minute: no end-to-end runs (-m "not slow") and no S3 backend cases (moto_server);
+# `make test` runs both.
 test-fast: venv
-	$(BIN)/pytest -q -n 2 -m "not slow"
+	$(BIN)/pytest -q -n 2 -m "not slow" -k "not s3" --durations=15
 
 bench: venv
 	$(BIN)/python benchmarks/gram.py
