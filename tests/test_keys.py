@@ -2,6 +2,7 @@
 depends on it) a new key at the next run, and nothing else; docstrings and formatting do not."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -50,23 +51,17 @@ def _copy_project(dst: Path, src: Path = ROOT) -> Path:
 
 
 def _run(src: Path, out: Path) -> dict:
-    env_path = str(src)  # first on the path: the copy's ntkflow is imported
+    env = {**os.environ, "PYTHONPATH": str(src)}  # only the copy first: its ntkflow is imported
     proc = subprocess.run(
-        [sys.executable, "-c", RUN, str(out), env_path],
+        [sys.executable, "-c", RUN, str(out), str(src)],
         capture_output=True,
         text=True,
         cwd=src,
-        env={**_env(), "PYTHONPATH": env_path},
+        env=env,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _env() -> dict:
-    import os
-
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def _change(path: Path, docstring_only: bool = False) -> None:
