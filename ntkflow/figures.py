@@ -121,9 +121,13 @@ def write_theory_figures(specs, df: pd.DataFrame, summary: dict, store: Store) -
         store.write_bytes("sweep.png", sweep_png(summary["sweep"]))
 
 
+_INTERVAL = ("geo_mean", "ci_low", "ci_high")
+
+
 def sweep_png(sweep: dict) -> bytes:
-    """One panel per varied setting: the gap NN ↔ each LIN predictor against its values (mean
-    ± SE over trials), one line per network and predictor; log axes for scales."""
+    """One panel per varied setting: the gap NN ↔ each LIN predictor against its values
+    (geometric mean and 95% interval on the log over trials, as the report prints them), one
+    line per network and predictor; log axes for scales."""
     import matplotlib.ticker
 
     fig, axes = _figure(len(sweep), (5.2 * len(sweep), 4.4))
@@ -134,9 +138,10 @@ def sweep_png(sweep: dict) -> bytes:
             numeric = all(isinstance(v, (int, float)) for v in values)
             x = np.asarray(values, float) if numeric else np.arange(len(values))
             for base, gaps in line["gap"].items():
-                g = [e.get("mean", np.nan) for e in gaps]
-                se = [e.get("se", np.nan) for e in gaps]
-                ax.errorbar(x, g, yerr=se, marker="o", capsize=3, label=f"{label}: {base}")
+                g, lo, hi = (np.array([e.get(k, np.nan) for e in gaps]) for k in _INTERVAL)
+                ax.errorbar(
+                    x, g, yerr=[g - lo, hi - g], marker="o", capsize=3, label=f"{label}: {base}"
+                )
             if not numeric:
                 ax.set_xticks(x, [str(v) for v in values])
         if panel["scale"] and numeric:

@@ -4,9 +4,14 @@ item of the requested trials, not only the methods of the command that aggregate
 Commands with different settings share a run folder when their data are the same (``quick``
 and ``paper-corrected``, a kernels-only run after a networks run, a sweep and a plain run):
 each trial's result.json keeps the records of methods the latest command did not ask for. To
-say which settings computed which rows, every aggregation records in ``methods.json`` each of
-its methods' key with the settings it hashes (and a network's spec); a record another command
-left is reported with the settings recorded under its key, or as of unknown settings.
+say which settings computed which rows, every aggregation records each of its methods' key
+with the settings it hashes (and a network's spec) in ``methods/<key>.json``; a record another
+command left is reported with the settings recorded under its key, or as of unknown settings.
+
+A key's entry is written once and never changes (the key hashes the settings), so
+aggregations running at once never lose each other's entries: each creates the files it lacks
+(:meth:`Store.create_exclusive`) and reads only those it needs. Older folders keep their
+``methods.json`` (method → key → entry), still read.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from ntkflow.names import NetSpec, network_specs, parse_method
 from ntkflow.store import Store
 from ntkflow.trial import Trial, item_of
 
-REGISTRY = "methods.json"  # method → key → {"settings": ..., "spec": ...}
+REGISTRY = "methods"  # <key>.json: {"method", "settings", "spec" (networks)}
+OLD_REGISTRY = "methods.json"  # method → key → {"settings", "spec"}: folders before methods/
 KIND_ORDER = {"network": 0, "linearized": 1, "kernel": 2}
 
 
@@ -54,17 +60,16 @@ def holdings(cfg, store: Store, results: dict[int, dict | None]) -> Holdings:
     """The methods and networks to report for ``cfg`` given the trials' verified ``results``
     (None: failed), recording this command's settings in ``methods.json``."""
     current = _settings(cfg, store)
-    registry = store.read_json(REGISTRY) or {}
     for m, entry in current.items():
-        registry.setdefault(m, {})[entry["key"]] = {k: v for k, v in entry.items() if k != "key"}
-    store.write_json(REGISTRY, registry, sort_keys=True)
+        if not store.exists(f"{REGISTRY}/{entry['key']}.json"):
+            store.create_exclusive(f"{REGISTRY}/{entry['key']}.json", _entry(m, entry))
     computed = {m: {"settings": e["settings"], "by": "this command"} for m, e in current.items()}
     extra: dict[str, dict] = {}
     for res in results.values():
         for m, rec in ((res or {}).get("methods") or {}).items():
             if m in current or m in extra:
                 continue
-            known = registry.get(m, {}).get(rec.get("key"))
+            known = _recorded(store, m, rec.get("key"))
             extra[m] = known or {}
             computed[m] = {"settings": (known or {}).get("settings"), "by": "an earlier command"}
     known = [NetSpec(**extra[m]["spec"]) for m in sorted(extra) if "spec" in extra[m]]
@@ -74,3 +79,18 @@ def holdings(cfg, store: Store, results: dict[int, dict | None]) -> Holdings:
     order += rest
     specs = network_specs(cfg) + known
     return Holdings(cfg.methods + order, specs, {m: computed[m] for m in cfg.methods + order})
+
+
+def _entry(method: str, entry: dict) -> dict:
+    return {"method": method, **{k: v for k, v in entry.items() if k != "key"}}
+
+
+def _recorded(store: Store, method: str, key: str | None) -> dict | None:
+    """The settings recorded under ``key`` for ``method`` (``methods/<key>.json``, else an
+    older folder's ``methods.json``), or None."""
+    if not key:
+        return None
+    entry = store.read_json(f"{REGISTRY}/{key}.json")
+    if entry is not None and entry.get("method") == method:
+        return entry
+    return ((store.read_json(OLD_REGISTRY) or {}).get(method) or {}).get(key)

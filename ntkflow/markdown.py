@@ -144,17 +144,21 @@ def theory_markdown(summary: dict) -> list[str]:
                     f"| {name} | {t} | {m} | {p['rmse']['n'] if p['rmse'].get('n') else 0} | "
                     f"{_pm(p['rmse'])} | {ci} | {_positive(p.get('gap_interval'))} | "
                     f"{_positive(p.get('rel_gap_interval'), 3)} | "
-                    f"{_pm(p.get('vs_reference', {}))} |"
+                    f"{_positive(p.get('vs_reference'))} |"
                 )
-        lines += ["", "Lazy-training diagnostics (mean ± SE over trials):", ""]
+        lines += [
+            "",
+            "Lazy-training diagnostics (geometric mean [95% interval on the log] over trials):",
+            "",
+        ]
         for name, e in theory.items():
             dg = e["diagnostics"]
-            layers = ", ".join(_pm(x, 4) for x in dg.get("param_rel_change", []))
+            layers = ", ".join(_positive(x) for x in dg.get("param_rel_change", []))
             lines.append(
                 f"- {name} (width {e['width']}): kernel drift ‖Θ̂_T − Θ̂₀‖/‖Θ̂₀‖ "
-                f"{_pm(dg.get('ntk_drift', {}))}; init error ‖Θ̂₀ − Θ‖/‖Θ‖ "
-                f"{_pm(dg.get('ntk_init_error', {}))}; final error ‖Θ̂_T − Θ‖/‖Θ‖ "
-                f"{_pm(dg.get('ntk_final_error', {}))}; ‖θ_T − θ₀‖/‖θ₀‖ per layer: "
+                f"{_positive(dg.get('ntk_drift'))}; init error ‖Θ̂₀ − Θ‖/‖Θ‖ "
+                f"{_positive(dg.get('ntk_init_error'))}; final error ‖Θ̂_T − Θ‖/‖Θ‖ "
+                f"{_positive(dg.get('ntk_final_error'))}; ‖θ_T − θ₀‖/‖θ₀‖ per layer: "
                 f"{layers or '–'}"
             )
         lines += after_markdown(theory)
@@ -239,8 +243,9 @@ def sweep_markdown(sweep: dict | None) -> list[str]:
     lines = [
         "## Gap to the linearized network against each varied setting",
         "",
-        "Mean ± SE over trials of the RMSE between the network's and each predictor's test "
-        "predictions, with the network's t, kernel drift and final kernel error.",
+        "The RMSE between the network's and each predictor's test predictions, with the "
+        "network's kernel drift and final kernel error: geometric mean [95% interval on the "
+        "log] over trials; the network's t.",
         "",
     ]
     for key, panel in sweep.items():
@@ -256,9 +261,9 @@ def sweep_markdown(sweep: dict | None) -> list[str]:
                 t = dg["linearized_time"][i]
                 cells = [
                     f"{t['mean']:.3g}" if t.get("n") else "–",
-                    _pm(dg["ntk_drift"][i]),
-                    _pm(dg["ntk_final_error"][i]),
-                    *(_pm(line["gap"][p][i]) for p in preds),
+                    _positive(dg["ntk_drift"][i]),
+                    _positive(dg["ntk_final_error"][i]),
+                    *(_positive(line["gap"][p][i]) for p in preds),
                 ]
                 lines.append(f"| {v} | " + " | ".join(cells) + " |")
             lines.append("")

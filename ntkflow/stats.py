@@ -93,6 +93,14 @@ def _mean_se(values) -> dict[str, float]:
     return {"n": len(v), "mean": float(v.mean()), "se": float(v.std(ddof=0) / np.sqrt(len(v)))}
 
 
+def _nonnegative(values) -> dict[str, float]:
+    """A non-negative quantity over trials (a gap, a kernel drift, an RMSE between two
+    predictors): :func:`_mean_se` with the geometric mean and its 95% interval, never below
+    zero (:func:`ntkflow.intervals.positive_interval`), which is what the report prints."""
+    d = _mean_se(values)
+    return {**positive_interval(values), **d} if d["n"] else d
+
+
 def missing_trials(
     df: pd.DataFrame, methods: list[str], failed_trials: list[int] = ()
 ) -> dict[str, list[dict]]:
@@ -148,16 +156,16 @@ def theory_summary(df: pd.DataFrame, specs) -> dict:
                 "gap_interval": positive_interval(gap),
                 "rel_gap_interval": positive_interval(rel),
                 # RMSE to the predictor differing in one respect (-emp: LIN, -sgd: -emp, -inf: LIN)
-                "vs_reference": _mean_se(ref),
+                "vs_reference": _nonnegative(ref),
                 "nn_minus_lin": paired_difference(nn.loc[both, "rmse"], lin.loc[both, "rmse"]),
             }
         for key in THEORY_DIAGNOSTICS:
             if key in nn:
-                entry["diagnostics"][key] = _mean_se(nn[key])
+                entry["diagnostics"][key] = _nonnegative(nn[key])
         layers = sorted(
             c for c in nn.columns if c.startswith("param_rel_change_l") and nn[c].notna().any()
         )
-        entry["diagnostics"]["param_rel_change"] = [_mean_se(nn[c]) for c in layers]
+        entry["diagnostics"]["param_rel_change"] = [_nonnegative(nn[c]) for c in layers]
         entry["after"] = after_kernel(nn, ok, spec)
         out[spec.name] = entry
     return out
@@ -177,7 +185,8 @@ def series(specs, key: str, varied) -> dict[str, list]:
 
 def sweep_panels(df: pd.DataFrame, specs, vary: dict) -> dict:
     """Per varied setting with at least two values, per line (:func:`series`): the values, and
-    per value the mean and SE over trials of the gap NN ↔ each LIN predictor (``LIN``,
+    per value the geometric mean with its 95% interval over trials (:func:`_nonnegative`) of
+    the gap NN ↔ each LIN predictor (``LIN``,
     ``LIN-emp``, ...) and of the network's kernel diagnostics and t."""
     ok = df[df.status == "ok"]
     out = {}
@@ -189,12 +198,12 @@ def sweep_panels(df: pd.DataFrame, specs, vary: dict) -> dict:
                 gaps = []
                 for s in group:
                     lin = ok[ok.method == s.theory_method(v)]
-                    gaps.append(_mean_se(lin.get("rmse_vs_network", [])))
+                    gaps.append(_nonnegative(lin.get("rmse_vs_network", [])))
                 if any(g["n"] for g in gaps):
                     line["gap"][f"LIN{v}"] = gaps
             nets = [ok[ok.method == s.name] for s in group]
             for d in ("linearized_time", *THEORY_DIAGNOSTICS):
-                line["diagnostics"][d] = [_mean_se(nn.get(d, [])) for nn in nets]
+                line["diagnostics"][d] = [_nonnegative(nn.get(d, [])) for nn in nets]
             panel[label] = line
         out[key] = {"scale": key in SCALE_KEYS, "lines": panel}
     return out
@@ -258,7 +267,7 @@ def width_slopes(df: pd.DataFrame, specs, varied=("width",), level: float = 0.95
             entry = {
                 "widths": widths,
                 "gap_mean": means,
-                "gap_se": [_mean_se(gaps[w]).get("se", float("nan")) for w in widths],
+                "gap_interval": [_nonnegative(gaps[w]) for w in widths],
                 "nn_vs_lin_rmse_rel": rel_rmse,
                 "vs_reference_mean": ref,
                 "trials": [int(k) for k in table.index],

@@ -4,6 +4,8 @@ report.md and summary.json, and says which settings computed which rows."""
 
 from __future__ import annotations
 
+import json
+
 from ntkflow import report, trial
 from ntkflow.config.presets import load_config
 from ntkflow.store import Store
@@ -38,3 +40,22 @@ def test_a_kernels_only_run_keeps_the_networks_and_the_verdict(tmp_path):
     # and the networks command again: the kernel the second added stays too
     again = report.aggregate(first, store)
     assert "K1" in again["methods"] and again["computed_with"]["K1"]["by"] == "an earlier command"
+
+    # Each method's settings are written once under its key (never one shared file rewritten
+    # by every aggregation, which concurrent aggregations would overwrite with their own view).
+    registry = tmp_path / first.run_id / "methods"
+    entries = {p.stem: p.stat().st_mtime_ns for p in registry.glob("*.json")}
+    held = {**before["methods"], **after["methods"]}
+    assert len(entries) == len(held)
+    report.aggregate(second, store)
+    assert {p.stem: p.stat().st_mtime_ns for p in registry.glob("*.json")} == entries
+    # a folder from before methods/ (one methods.json) still says who computed what
+    old = {}
+    for p in registry.glob("*.json"):
+        e = json.loads(p.read_text())
+        old.setdefault(e.pop("method"), {})[p.stem] = e
+        p.unlink()
+    (tmp_path / first.run_id / "methods.json").write_text(json.dumps(old))
+    again = report.aggregate(first, store)  # writes its own entries anew, reads NTKJ1's etc.
+    assert again["computed_with"]["K1"]["by"] == "an earlier command"
+    assert again["computed_with"]["K1"]["settings"] == after["computed_with"]["K1"]["settings"]

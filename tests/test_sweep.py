@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,11 @@ from ntkflow.config.presets import load_config
 from ntkflow.store import Store
 
 SMALL = ["kernels=[NTKB1, K1]"]
+
+
+def _intervals(line: str) -> list[tuple[float, float]]:
+    """The ``[low, high]`` intervals a report line prints."""
+    return [(float(a), float(b)) for a, b in re.findall(r"\[([-+.\deE]+), ([-+.\deE]+)\]", line)]
 
 
 def test_theory_items_and_summary_section():
@@ -51,6 +57,10 @@ def test_theory_items_and_summary_section():
     assert summary["methods"]["LIN2-sgd"]["n"] == 2
     md = store.read_bytes("report.md").decode()
     assert "## Does the network follow its NTK?" in md and "theory.png" in md
+    # the diagnostics are non-negative: geometric mean [interval], never "mean ± SE"
+    (diag,) = [ln for ln in md.splitlines() if ln.startswith("- NN1 (width")]
+    assert "±" not in diag and _intervals(diag) and all(lo >= 0 for lo, _ in _intervals(diag))
+    assert th["diagnostics"]["ntk_drift"]["ci_low"] >= 0
     assert store.read_bytes("theory.png")[:4] == b"\x89PNG"
 
 
@@ -186,3 +196,7 @@ def test_a_two_key_grid_shares_grams_and_reruns_only_the_failed_point(run_cli, t
     md = (run / "report.md").read_text()
     assert md.index("## Verdict") < md.index("## Test RMSE per method")
     assert "### networks.lr" in md and "### networks.width" in md
+    sweep = md[md.index("## Gap to the linearized network against each varied setting") :]
+    rows = [ln for ln in sweep[: sweep.index("sweep.png")].splitlines() if ln.startswith("| ")]
+    assert rows and not any("±" in ln for ln in rows)
+    assert all(lo >= 0 for ln in rows for lo, _ in _intervals(ln))
