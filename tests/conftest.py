@@ -92,6 +92,38 @@ def run_cli(prefect_home):
 
 
 @pytest.fixture(scope="session")
+def ui_server(tmp_path_factory):
+    """``prefect server start`` with its UI, on a free port, in a fresh PREFECT_HOME: the base
+    URL (the API is ``<base>/api``). One per xdist worker; the tests that share it are in one
+    ``xdist_group("smoke-story")``."""
+    from servers import prefect_server
+
+    with prefect_server(tmp_path_factory.mktemp("prefect-server"), ui=True) as api:
+        yield api.removesuffix("/api")
+
+
+SMOKE_STORY = ["--preset", "smoke", "--set", "compute.n_workers=2"]
+SMOKE_FAULT = ["--set", "faults.fail_trials=[1]", "--set", "faults.fail_once=true"]
+
+
+@pytest.fixture(scope="session")
+def faulted_smoke(tmp_path_factory, ui_server, run_cli):
+    """One smoke run (networks on) with an injected fault in trial 1, against ``ui_server``:
+    the run that tests/test_browser.py looks at in the UI and tests/test_flow.py reruns. Its
+    ``args`` (``run … --out``), ``out``, its CompletedProcess ``first`` and the ids of its flow
+    runs (``flow_runs``), taken before any rerun."""
+    from types import SimpleNamespace
+
+    from servers import api_post
+
+    out = tmp_path_factory.mktemp("smoke-story") / "runs"
+    args = ["run", *SMOKE_STORY, "--out", str(out), *SMOKE_FAULT]
+    first = run_cli(*args, env={"PREFECT_API_URL": f"{ui_server}/api"})
+    flow_runs = {f["id"] for f in api_post(f"{ui_server}/api", "flow_runs/filter", {})}
+    return SimpleNamespace(args=args, out=out, first=first, flow_runs=flow_runs)
+
+
+@pytest.fixture(scope="session")
 def s3_env(tmp_path_factory):
     """A real S3 API (moto_server) for this test session: the environment (endpoint, dummy
     credentials) is exported here and passed to subprocesses and Dask workers by the tests."""

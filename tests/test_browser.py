@@ -1,9 +1,11 @@
 """The Prefect UI tells the truth, checked in a real browser.
 
-A real ``prefect server`` on 127.0.0.1 (UI included), a smoke run with one injected failure
-against it, then headless Chromium (Debian's ``chromium`` and ``chromium-driver``; Selenium is
-given both paths, so Selenium Manager downloads nothing) opens the flow run, the failed trial's
-task run, and the progress, table and report artifacts, and asserts what a user sees there.
+A real ``prefect server`` on 127.0.0.1 (UI included) and a smoke run with one injected failure
+against it (``faulted_smoke`` in conftest.py, the run tests/test_flow.py then reruns: only this
+run's flow runs, task runs and artifact versions are looked at). Headless Chromium (Debian's
+``chromium`` and ``chromium-driver``; Selenium is given both paths, so Selenium Manager
+downloads nothing) opens the flow run, the failed trial's task run, and the progress, table and
+report artifacts, and asserts what a user sees there.
 Screenshots go to $NTKFLOW_TEST_ARTIFACTS (default tests/artifacts/).
 """
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 import servers as S
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smoke-story")]
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = (
@@ -29,13 +31,6 @@ FLAGS = (
 )
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("NTKFLOW_TEST_ARTIFACTS", ROOT / "tests" / "artifacts"))
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """``prefect server start`` with its UI, on a free port, in a fresh PREFECT_HOME."""
-    with S.prefect_server(tmp_path_factory.mktemp("prefect-server"), ui=True) as api:
-        yield api.removesuffix("/api")
 
 
 @pytest.fixture(scope="module")
@@ -85,31 +80,21 @@ def _shot(driver, name: str) -> Path:
     return path
 
 
-def test_ui_shows_failed_trial_progress_and_report(tmp_path, server, browser, run_cli):
-    res = run_cli(
-        "run",
-        "--preset",
-        "smoke",
-        "--set",
-        "compute.n_workers=2",
-        "--set",
-        "faults.fail_trials=[1]",
-        "--out",
-        str(tmp_path / "runs"),
-        env={"PREFECT_API_URL": f"{server}/api"},
-    )
+def test_ui_shows_failed_trial_progress_and_report(ui_server, faulted_smoke, browser):
+    server, res, ours = ui_server, faulted_smoke.first, faulted_smoke.flow_runs
+    out = faulted_smoke.out
     assert res.returncode == 1, res.stdout + res.stderr
 
     # The REST API: the flow `experiment` and its subflow `trials`, both failed, named and
     # tagged; every task run in a final state.
-    flow_runs = _api(server, "flow_runs/filter")
+    flow_runs = [f for f in _api(server, "flow_runs/filter") if f["id"] in ours]
     (fr,) = [f for f in flow_runs if f["parent_task_run_id"] is not None]  # `trials`
     (top,) = [f for f in flow_runs if f["parent_task_run_id"] is None]  # `experiment`
     run_id = next(t for t in fr["tags"] if t.startswith("run:"))[4:]
     for f in (fr, top):
         assert f["state_type"] == "FAILED" and f["name"] == f"{run_id}-smoke-exact"
         assert {f"run:{run_id}", "preset:smoke", "formulas:exact"} <= set(f["tags"])
-    tasks = {t["name"]: t for t in _api(server, "task_runs/filter")}
+    tasks = {t["name"]: t for t in _api(server, "task_runs/filter") if t["flow_run_id"] in ours}
     downstream = [f"trial-001/{step}/NN{L}" for step in ("train", "theory") for L in (1, 2)]
     downstream.append("trial-001/result")
     assert tasks["trial-001"]["state_type"] == "FAILED"
@@ -121,9 +106,9 @@ def test_ui_shows_failed_trial_progress_and_report(tmp_path, server, browser, ru
     flow_url = f"{server}/runs/flow-run/{fr['id']}"
     top_url = f"{server}/runs/flow-run/{top['id']}"
     assert f"Prefect UI: {top_url}" in res.stdout and f"trial tasks: {flow_url}" in res.stdout
-    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
-    assert summary["run"]["flow_runs"][-1]["url"] == flow_url
-    assert summary["run"]["flow_runs"][-1]["experiment_url"] == top_url
+    summary = json.loads(next(out.glob("*/summary.json")).read_text())  # the first, a rerun's last
+    assert summary["run"]["flow_runs"][0]["url"] == flow_url
+    assert summary["run"]["flow_runs"][0]["experiment_url"] == top_url
 
     # The flow-run page: every trial step by name, the failure, nothing pending.
     names = ["trial-000", "trial-001", *downstream, "trial-000/result", "aggregate"]
@@ -150,7 +135,8 @@ def test_ui_shows_failed_trial_progress_and_report(tmp_path, server, browser, ru
     )
     shots.append(_shot(browser, "upstream-failed-task-run"))
 
-    arts = {a["type"]: a for a in _api(server, "artifacts/filter") if a["key"]}
+    listed = _api(server, "artifacts/filter")
+    arts = {a["type"]: a for a in listed if a["key"] and a["flow_run_id"] in ours}
     assert {"progress", "table", "markdown"} <= set(arts)  # all keyed: listed in the UI
     # Progress: one of two trials done, the failure counted apart.
     _open(
@@ -167,7 +153,7 @@ def test_ui_shows_failed_trial_progress_and_report(tmp_path, server, browser, ru
     # The report: every figure of report.md is an image the browser loaded (none left as a path
     # of the run folder, which the UI shows as a broken image).
     _open(browser, f"{server}/artifacts/artifact/{arts['markdown']['id']}", "Test RMSE per method")
-    report_md = next((tmp_path / "runs").glob("*/report.md")).read_text()
+    report_md = next(out.glob("*/report.md")).read_text()
     figures = re.findall(r"!\[([^\]]*)\]\(([\w.-]+\.png)\)", report_md)
     assert {f for _, f in figures} >= {"boxplot.png", "verdict.png", "theory.png"}, figures
     images = browser.execute_script(

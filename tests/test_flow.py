@@ -15,38 +15,32 @@ from ntkflow.store import Store
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SMOKE = ["--preset", "smoke", "--set", "compute.n_workers=2"]
-
 
 def _summary(run_dir):
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def test_smoke_run_fails_one_trial_then_reruns_only_it(tmp_path, run_cli):
-    out = tmp_path / "runs"
-    args = [
-        "run",
-        *SMOKE,
-        "--out",
-        str(out),
-        "--set",
-        "faults.fail_trials=[1]",
-        "--set",
-        "faults.fail_once=true",
-    ]
-    first = run_cli(*args)
+@pytest.mark.xdist_group("smoke-story")
+def test_smoke_run_fails_one_trial_then_reruns_only_it(faulted_smoke, ui_server, run_cli):
+    """The faulted smoke run (conftest.py, against a real ``prefect server``; tests/test_browser.py
+    checks its UI), then its rerun there (the flow, its subflow, tasks and artifacts in the API),
+    then reruns with nothing to compute and a re-aggregation."""
+    args, out, first = faulted_smoke.args, faulted_smoke.out, faulted_smoke.first
+    api = f"{ui_server}/api"
     assert first.returncode == 1, first.stdout + first.stderr
     run_dir = out / load_config("smoke").run_id
+    done = run_dir / "trials/000/result.json"
     summary = _summary(run_dir)
     assert summary["failed_trials"] == [1]
     assert "injected fault" in summary["failures"][0]["error"]
     assert summary["methods"]["NTKB1"]["n"] == 1
-    done = run_dir / "trials/000/result.json"
     before = (done.stat().st_mtime_ns, done.read_bytes())
 
-    second = run_cli(*args)
+    second = run_cli(*args, env={"PREFECT_API_URL": api})
     assert second.returncode == 0, second.stdout + second.stderr
     assert "1 to compute" in second.stdout + second.stderr
+    assert api in second.stderr and "embedded" not in second.stderr
+    _rerun_in_the_api(api, faulted_smoke.flow_runs, second.stdout)
     assert (done.stat().st_mtime_ns, done.read_bytes()) == before  # not rewritten
     summary = _summary(run_dir)
     assert summary["failed_trials"] == []
@@ -124,30 +118,26 @@ def test_persistent_failure_keeps_failing(tmp_path, run_cli):
     assert not (run_dir / "trials/000/result.json").exists()
 
 
-def test_against_a_real_prefect_server(tmp_path, prefect_home, run_cli):
-    """`prefect server start` on 127.0.0.1; the run reports its flow, tasks and artifacts there."""
-    with S.prefect_server(tmp_path) as api:
-        out = tmp_path / "runs"
-        res = run_cli(
-            "run", *SMOKE, "--kernels-only", "--out", str(out), env={"PREFECT_API_URL": api}
-        )
-        assert res.returncode == 0, res.stdout + res.stderr
-        assert api in res.stderr and "embedded" not in res.stderr
+def _rerun_in_the_api(api: str, earlier: set, stdout: str) -> None:
+    """The rerun's flow `experiment` and its subflow `trials` completed on the server, with the
+    failed trial's task, the aggregation and the artifacts; the console points at the run."""
 
-        def post(path, body):
-            return S.api_post(api, path, body)
+    def post(path, body=None):
+        return S.api_post(api, path, body or {})
 
-        flows = post("flow_runs/filter", {})
-        # the flow `experiment` and its subflow `trials`
-        assert [f["state_type"] for f in flows] == ["COMPLETED", "COMPLETED"]
-        tasks = post("task_runs/filter", {})
-        names = {t["name"] for t in tasks}
-        assert {"trial-000", "trial-001", "aggregate"} <= names
-        assert all(t["state_type"] == "COMPLETED" for t in tasks)
-        keyed = {a["type"]: a for a in post("artifacts/filter", {}) if a["key"]}
-        assert {"progress", "table", "markdown"} <= set(keyed)
-        assert keyed["progress"]["data"] == 100.0
-        assert keyed["progress"]["description"].startswith("2/2 trials done")
-        (run,) = [f for f in flows if f["parent_task_run_id"] is None]  # `experiment`
-        base = api.removesuffix("/api")
-        assert f"Prefect UI: {base}/runs/flow-run/{run['id']}" in res.stdout
+    flows = [f for f in post("flow_runs/filter") if f["id"] not in earlier]
+    assert [f["state_type"] for f in flows] == ["COMPLETED", "COMPLETED"]
+    ours = {f["id"] for f in flows}
+    tasks = [t for t in post("task_runs/filter") if t["flow_run_id"] in ours]
+    names = {t["name"] for t in tasks}
+    assert {"trial-001", "trial-001/train/NN2", "trial-001/result", "aggregate"} <= names
+    assert "trial-000" not in names  # done by the first run
+    assert all(t["state_type"] == "COMPLETED" for t in tasks)
+    listed = post("artifacts/filter")
+    keyed = {a["type"]: a for a in listed if a["key"] and a["flow_run_id"] in ours}
+    assert {"progress", "table", "markdown"} <= set(keyed)
+    assert keyed["progress"]["data"] == 100.0
+    assert keyed["progress"]["description"].startswith("2/2 trials done")
+    (run,) = [f for f in flows if f["parent_task_run_id"] is None]  # `experiment`
+    base = api.removesuffix("/api")
+    assert f"Prefect UI: {base}/runs/flow-run/{run['id']}" in stdout
