@@ -171,10 +171,15 @@ def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
 
 @contextlib.contextmanager
 def prefect_server(
-    workdir: Path, database_url: str | None = None, timeout: float = 300, ui: bool = False
+    workdir: Path,
+    database_url: str | None = None,
+    timeout: float = 300,
+    ui: bool = False,
+    env: dict | None = None,
 ):
     """`prefect server start` on a free port (SQLite in its own PREFECT_HOME unless a database
-    URL is given; with its UI if ``ui``); yields the API URL.
+    URL is given; with its UI if ``ui``; ``env`` added to its environment, e.g.
+    PREFECT_SERVER_API_AUTH_STRING); yields the API URL.
 
     A port found free can be taken before the server binds it (by a Dask process of a test
     running alongside): the server then exits, and it is started again on another port."""
@@ -184,12 +189,12 @@ def prefect_server(
         extra = {"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {}
         if ui:  # the browser's UI calls this API
             extra.update(PREFECT_UI_ENABLED="true", PREFECT_UI_API_URL=api)
-        env = base_env(workdir / "server-home", **extra)
+        server_env = base_env(workdir / "server-home", **{**extra, **(env or {})})
         log_path = workdir / "server.log"
         log = open(log_path, "w")
         cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
         proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, env=server_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
             try:
@@ -257,17 +262,28 @@ def prefect_worker(workdir: Path, env: dict, pool: str):
         log.close()
 
 
-def api_post(api: str, path: str, body: dict | None = None):
+def _auth_header(auth: str | None) -> dict:
+    """Prefect's basic auth: ``Authorization: Basic base64(auth)`` for an auth string
+    ``user:password`` (PREFECT_API_AUTH_STRING); none without one."""
+    if auth is None:
+        return {}
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+
+
+def api_post(api: str, path: str, body: dict | None = None, auth: str | None = None):
     req = urllib.request.Request(
         f"{api}/{path}",
         data=json.dumps(body or {}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **_auth_header(auth)},
     )
     return json.loads(urllib.request.urlopen(req, timeout=30).read())
 
 
-def api_get(api: str, path: str):
-    return json.loads(urllib.request.urlopen(f"{api}/{path}", timeout=30).read())
+def api_get(api: str, path: str, auth: str | None = None):
+    req = urllib.request.Request(f"{api}/{path}", headers=_auth_header(auth))
+    return json.loads(urllib.request.urlopen(req, timeout=30).read())
 
 
 def wait_flow_run(api: str, run_id: str, timeout: float = 600, after: str | None = None) -> dict:
