@@ -59,7 +59,7 @@ def main() -> None:
             server.wait()
         t_api = time.perf_counter()
         with lifecycle.start_cluster(plan) as address, lifecycle.connect(address) as client:
-            workers.prepare_workers(client, api)
+            workers.prepare_workers(client, {"PREFECT_API_URL": api})
             t_cluster = time.perf_counter()
             t0 = time.perf_counter()
             client.run(me.import_here)  # each worker's imports, apart from the tasks

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import os
 import re
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -70,6 +69,7 @@ def flow_runs(store: Store) -> list[dict]:
     """This flow run (id, name, UI URL, and its parent `experiment` run's) after those recorded
     by earlier runs of the same id."""
     from prefect.runtime import flow_run
+    from prefect.settings import get_current_settings
 
     prev = (store.read_json("summary.json") or {}).get("run", {}).get("flow_runs", [])
     parent = flow_run.parent_flow_run_id  # the flow `experiment` (the one to retry), if any
@@ -79,7 +79,7 @@ def flow_runs(store: Store) -> list[dict]:
         "url": ui_url(f"runs/flow-run/{flow_run.id}"),
         "experiment_id": parent,
         "experiment_url": ui_url(f"runs/flow-run/{parent}") if parent else None,
-        "api": os.environ.get("PREFECT_API_URL"),
+        "api": get_current_settings().api.url,
     }
     return [r for r in prev if isinstance(r, dict) and r.get("id") != this["id"]] + [this]
 

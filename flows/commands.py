@@ -37,14 +37,18 @@ def run(cfg, params: dict) -> int:
     # Dask's INFO chatter (worker start/stop, closed comms at shutdown) hides the progress lines.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     t0 = time.monotonic()
-    if not os.environ.get("PREFECT_API_URL"):  # no server to record the run: maybe start none
+    from flows.server import check_api, configured_api_url, prefect_api
+
+    configured = configured_api_url()  # as Prefect resolves it: environment, then profile
+    if configured:
+        check_api(configured)  # one that cannot record the run: exit 2, nothing started
+    else:  # no server to record the run: maybe start none
         from ntkflow.report import up_to_date
 
         todo, current = up_to_date(cfg, store)
         if not todo:
             return _nothing_to_compute(cfg, store, current, t0)
     from flows import signals, watchdog
-    from flows.server import prefect_api
 
     # from here on the watchdog (spared by the signal handler, which stops the other children)
     # leaves nothing running once the command is gone (server, workers, batch jobs), also
@@ -54,7 +58,7 @@ def run(cfg, params: dict) -> int:
     print(f"ntkflow: run {cfg.run_id} → {store.url}", file=sys.stderr, flush=True)
     failed = None
     before = _summary_bytes(store)  # a summary left by an earlier run is not this run's
-    with prefect_api() as (api, server):
+    with prefect_api(configured) as (api, server):
         embedded = server is not None
         # imported while an embedded server boots (both take seconds)
         from prefect import tags

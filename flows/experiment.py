@@ -12,12 +12,11 @@ the field named; the CLI turns that into exit status 2.
 
 from __future__ import annotations
 
-import os
-
 from prefect import flow, get_run_logger, tags
 from prefect.states import Failed
 
-from flows import workers
+from flows import internals, workers
+from flows.server import api_settings
 from flows.trials import run_trials
 from ntkflow import preflight, report
 from ntkflow.cluster.lifecycle import connect, start_cluster
@@ -28,6 +27,7 @@ from ntkflow.config.presets import Overrides, build_config
 
 
 def run_name(cfg: Config, preset: str) -> str:
+    """The name of the flow run ``experiment`` (its subflow: ``<name>/trials``)."""
     return f"{cfg.run_id}-{preset}-{cfg.formulas}"
 
 
@@ -73,16 +73,19 @@ def experiment(
     the config itself (``config``, as ``ntkflow run`` passes it).
 
     Checks the cluster and the store and runs the trials as the subflow ``trials`` on that
-    cluster. Bad input fails the run before any trial, naming the field.
+    cluster. Bad input fails the run before any trial, naming the field. A run started without
+    the run's tags (a deployment's, with Prefect's random name) is named and tagged as
+    ``ntkflow run`` names and tags its runs once the config is known.
     """
-    from prefect.settings import PREFECT_API_URL
-
     log = get_run_logger()
     try:
         cfg = resolve_config(preset, overrides, cluster, kernels_only, config)
+        name = run_name(cfg, preset)
+        if internals.rename_flow_run(name, run_tags(cfg, preset)):
+            log.info("flow run named %s", name)
         plan = resolve_cluster(cfg.compute.cluster, cfg.compute)
         store = preflight.open_store(out).child(cfg.run_id)
-        trials = run_trials.with_options(flow_run_name=run_name(cfg, preset))
+        trials = run_trials.with_options(flow_run_name=f"{name}/trials")
         todo, _ = report.up_to_date(cfg, store)  # decided before any cluster starts
         if not todo:
             log.info("run %s: %d trial(s), 0 to compute: no cluster", cfg.run_id, cfg.trials)
@@ -92,9 +95,9 @@ def experiment(
             log.info("run %s on %s", cfg.run_id, plan.describe())
             started = start_cluster(plan, cfg.compute.start_timeout)
             with started as address, connect(address) as client:
-                api = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+                api = api_settings()
                 n = workers.prepare_workers(client, api)
-                log.info("%d worker(s) of %s report to %s", n, address, api)
+                log.info("%d worker(s) of %s report to %s", n, address, api.get("PREFECT_API_URL"))
                 resources = workers.train_resources(client, plan.train_resources)
                 if cfg.networks.enabled:
                     check_resources(client, resources)

@@ -11,15 +11,21 @@ measures what that costs), so this module reaches into what Prefect does not pro
 - :func:`flush_logs`: draining Prefect's log and event workers (``drain_all`` of its queue
   services) before the embedded server stops;
 - :data:`EPHEMERAL_SERVER_ENV`: the private flags (``PREFECT__SERVER_*``) that Prefect's own
-  ephemeral server is started with.
+  ephemeral server is started with;
+- :func:`refresh_settings`: Prefect's process-wide settings read again
+  (``prefect.context.refresh_global_settings_context``, undocumented) after the environment
+  changed;
+- :func:`rename_flow_run`: renaming and tagging the running flow run through its client.
 
 The patches (the first two) are applied only on the Prefect version they were written and
 measured against, :data:`WRITTEN_FOR`. On any other version each entry point takes Prefect's
 plain path (nothing patched: tasks ship what Prefect ships) and the process warns once, naming
-both versions. The other two are no patches: :func:`flush_logs` is best effort on every version
-(a missing method is an error it swallows), and an environment variable a version does not
-know is ignored by it; reading the version would import Prefect (1-2 s) in the command before
-the embedded server starts, which is what :mod:`flows.server` avoids.
+both versions. The others are no patches: :func:`flush_logs` is best effort on every version (a
+missing method is an error it swallows), an environment variable a version does not know is
+ignored by it, :func:`refresh_settings` does nothing where the function is missing, and
+:func:`rename_flow_run` calls the client's public ``update_flow_run``; reading the version would
+import Prefect (1-2 s) in the command before the embedded server starts, which is what
+:mod:`flows.server` avoids.
 """
 
 from __future__ import annotations
@@ -209,3 +215,34 @@ def flush_logs(timeout: float = 10) -> None:
             worker.drain_all(timeout=timeout)
         except Exception:  # noqa: BLE001 - best effort before shutting the server down
             pass
+
+
+def refresh_settings() -> None:
+    """Prefect's process-wide settings read again from the environment and the profile, where
+    Prefect is imported already (it reads them once, at its import; a variable exported later
+    is not seen by its clients). Nothing where Prefect is not imported yet or has no such
+    function."""
+    context = sys.modules.get("prefect.context")
+    refresh = getattr(context, "refresh_global_settings_context", None)
+    if refresh is not None:
+        refresh()
+
+
+def rename_flow_run(name: str, tags) -> bool:
+    """Name the flow run of this process ``name`` and add ``tags`` to its own, unless it has
+    all of them (it was started with them); True when it was renamed. The API's client updates
+    the flow run (``update_flow_run``, which replaces the tags: they are merged here), and the
+    flow run of the running context is given the same name and tags, which Prefect reads for its
+    log lines."""
+    from prefect import get_client
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    run = ctx.flow_run if ctx is not None else None
+    if run is None or set(tags) <= set(run.tags):
+        return False
+    merged = [*run.tags, *(t for t in tags if t not in run.tags)]
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(run.id, name=name, tags=merged)
+    run.name, run.tags = name, merged
+    return True

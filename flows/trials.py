@@ -10,13 +10,13 @@ nothing stays Pending. The store's verified ``result.json`` decides which trials
 
 from __future__ import annotations
 
-import os
 import queue
 import random
 import uuid
 
 import dask
 from prefect import flow, get_run_logger
+from prefect.settings import get_current_settings
 from prefect.states import Failed
 
 from flows import internals, signals, workers
@@ -190,7 +190,7 @@ def run_trials(
     with internals.lean_tasks():  # settings shipped as they are, task runs untagged
         TrialSteps(cfg, out, versions, train_resources or {}, progress).run(todo)
 
-    run_info = {"prefect_api": os.environ.get("PREFECT_API_URL"), "flow_runs": flow_runs(store)}
+    run_info = {"prefect_api": get_current_settings().api.url, "flow_runs": flow_runs(store)}
     summary = aggregate_task(cfg, out, run_info)
     publish(cfg, out, summary)
     if summary["failed_trials"]:

@@ -1,5 +1,5 @@
-"""The Dask workers of a flow run: what each worker is set up with (the Prefect API URL, its
-allocator), the resources a training asks for, the flow's Dask client and task runner."""
+"""The Dask workers of a flow run: what each worker is set up with (the Prefect API settings,
+its allocator), the resources a training asks for, the flow's Dask client and task runner."""
 
 from __future__ import annotations
 
@@ -12,15 +12,16 @@ from ntkflow.cluster.resources import cluster_has_gpus, worker_resources
 
 
 class PrefectAPIPlugin(WorkerPlugin):
-    """Dask worker plugin: sets PREFECT_API_URL in each worker, also in workers that join later."""
+    """Dask worker plugin: exports the Prefect API settings (``{"PREFECT_API_URL": …,
+    "PREFECT_API_KEY": …}``) in each worker, also in workers that join later."""
 
     name = "ntkflow-prefect-api"
 
-    def __init__(self, api_url: str):
-        self.api_url = api_url
+    def __init__(self, settings: dict[str, str]):
+        self.settings = dict(settings)
 
     def setup(self, worker) -> None:
-        os.environ["PREFECT_API_URL"] = self.api_url
+        os.environ.update(self.settings)
 
 
 class AllocatorPlugin(WorkerPlugin):
@@ -35,19 +36,21 @@ class AllocatorPlugin(WorkerPlugin):
         exit_without_collecting()
 
 
-def prepare_workers(client, api_url: str | None) -> int:
-    """Export the run's Prefect API URL into every worker, also those joining later, and let
-    their allocator reuse freed memory; returns the number of workers connected now.
+def prepare_workers(client, api: dict[str, str] | None) -> int:
+    """Export the run's Prefect API settings (``flows.server.api_settings()``: URL, key, auth
+    string, CA file, as this process's Prefect resolved them from its environment or profile)
+    into every worker, also those joining later, and let their allocator reuse freed memory;
+    returns the number of workers connected now.
 
     Workers started elsewhere (by hand, Slurm, Kubernetes) do not inherit this process's
-    environment; without the URL each one would start a private ephemeral Prefect server and
-    its task runs would be lost to the UI. An embedded API listens on 127.0.0.1, so it reaches
-    workers on this machine only: for workers elsewhere, run `prefect server start` and set
-    PREFECT_API_URL everywhere.
+    environment or profile; without the URL each one would start a private ephemeral Prefect
+    server and its task runs would be lost to the UI. An embedded API listens on 127.0.0.1, so
+    it reaches workers on this machine only: for workers elsewhere, run `prefect server start`
+    and configure its URL (docs/prefect-ui.md).
     """
     client.register_plugin(AllocatorPlugin())
-    if api_url:
-        client.register_plugin(PrefectAPIPlugin(api_url))
+    if api and api.get("PREFECT_API_URL"):
+        client.register_plugin(PrefectAPIPlugin(api))
     return len(worker_resources(client))
 
 

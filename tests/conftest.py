@@ -10,6 +10,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# A developer's own Prefect profile never reaches the tests: each Prefect process a test starts
+# has a PREFECT_HOME of its own, and reads the profiles file there.
+for _var in (
+    "PREFECT_PROFILE",
+    "PREFECT_PROFILES_PATH",
+    "PREFECT_API_KEY",
+    "PREFECT_API_AUTH_STRING",
+):
+    os.environ.pop(_var, None)
+
 
 def has_gpu() -> bool:
     try:

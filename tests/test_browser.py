@@ -91,8 +91,9 @@ def test_ui_shows_failed_trial_progress_and_report(ui_server, faulted_smoke, bro
     (fr,) = [f for f in flow_runs if f["parent_task_run_id"] is not None]  # `trials`
     (top,) = [f for f in flow_runs if f["parent_task_run_id"] is None]  # `experiment`
     run_id = next(t for t in fr["tags"] if t.startswith("run:"))[4:]
+    assert (top["name"], fr["name"]) == (f"{run_id}-smoke-exact", f"{run_id}-smoke-exact/trials")
     for f in (fr, top):
-        assert f["state_type"] == "FAILED" and f["name"] == f"{run_id}-smoke-exact"
+        assert f["state_type"] == "FAILED"
         assert {f"run:{run_id}", "preset:smoke", "formulas:exact"} <= set(f["tags"])
     tasks = {t["name"]: t for t in _api(server, "task_runs/filter") if t["flow_run_id"] in ours}
     downstream = [f"trial-001/{step}/NN{L}" for step in ("train", "theory") for L in (1, 2)]

@@ -80,9 +80,14 @@ def test_deployment_run_fails_then_retry_completes_in_place(stack, cluster, requ
     assert first["deployment_id"] and first["parameters"]["cluster"] == params.get(
         "cluster", "local"
     )
+    # named and tagged as `ntkflow run` names and tags its runs (not Prefect's random name),
+    # the deployment's own tag kept
+    cfg = load_config("smoke", None, FAULTS)
+    name = f"{cfg.run_id}-smoke-exact"
+    run_tags = {f"run:{cfg.run_id}", "preset:smoke", "formulas:exact"}
+    assert first["name"] == name and {"ntkflow", *run_tags} <= set(first["tags"])
 
     # the run folder: named by the run id of the same config `ntkflow run` would build
-    cfg = load_config("smoke", None, FAULTS)
     run_dir = work / "runs" / cfg.run_id
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["failed_trials"] == [1]
@@ -92,7 +97,8 @@ def test_deployment_run_fails_then_retry_completes_in_place(stack, cluster, requ
 
     # the trials ran as Dask tasks of the subflow `trials`, started by the deployment's worker
     subs = _subflow_runs(api, flow_run_id)
-    assert [s["name"] for s in subs] and all(s["flow_id"] != first["flow_id"] for s in subs)
+    assert [s["name"] for s in subs] == [f"{name}/trials"]
+    assert all(s["flow_id"] != first["flow_id"] and run_tags <= set(s["tags"]) for s in subs)
     tasks = _task_runs(api, [s["id"] for s in subs])
     starts = [t["start_time"] for t in tasks if t["name"].startswith("trial-") and t["start_time"]]
     assert starts
@@ -106,6 +112,7 @@ def test_deployment_run_fails_then_retry_completes_in_place(stack, cluster, requ
     assert second["id"] == flow_run_id
     assert second["state"]["type"] == "COMPLETED", second["state"]
     assert second["run_count"] >= 2
+    assert second["name"] == name and sorted(second["tags"]) == sorted(first["tags"])
 
     assert (done.stat().st_mtime_ns, done.read_bytes()) == before  # trial 0 not recomputed
     summary = json.loads((run_dir / "summary.json").read_text())

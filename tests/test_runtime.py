@@ -53,7 +53,8 @@ def _lean_tasks_ship(monkeypatch):
 def test_the_embedded_api_starts_on_another_port_when_its_port_is_taken(prefect_home, monkeypatch):
     """Between finding a free port and binding it, another process (a Dask worker of a run
     alongside) may take it and answer /health in its own protocol: that is no answer, and the
-    server, unable to bind, is started again on another port."""
+    server, unable to bind, is started again on another port, whose URL this process's Prefect
+    (imported meanwhile) then uses."""
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
@@ -79,9 +80,12 @@ def test_the_embedded_api_starts_on_another_port_when_its_port_is_taken(prefect_
         assert embedded.port != taken.getsockname()[1]
         with urllib.request.urlopen(f"{embedded.url}/health", timeout=10) as r:
             assert r.status == 200
+        assert get_current_settings().api.url == embedded.url
     finally:
         embedded.stop()
         taken.close()
+        monkeypatch.undo()
+        internals.refresh_settings()  # this process's Prefect settings as before the test
 
 
 def test_lean_tasks_ship_the_flow_run_as_the_objects_it_holds(prefect_home, monkeypatch):
