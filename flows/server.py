@@ -211,9 +211,15 @@ def check_api(url: str) -> None:
         else:
             where, unset = "the Prefect profile", "`prefect config unset PREFECT_API_URL`"
         cause = f": {e.__cause__}" if e.__cause__ else ""
+        if "401" in f"{e}{cause}":  # it answers, and wants a login
+            advice = (
+                "It requires a login: set PREFECT_API_AUTH_STRING (a server started with "
+                "PREFECT_SERVER_API_AUTH_STRING) or PREFECT_API_KEY (Prefect Cloud)"
+            )
+        else:
+            advice = f"Start that server, or {unset} to run on an embedded API"
         raise PlaceError(
-            f"the Prefect API {url} ({where}) cannot record this run: {e}{cause}. Start that "
-            f"server, or {unset} to run on an embedded API"
+            f"the Prefect API {url} ({where}) cannot record this run: {e}{cause}. {advice}"
         ) from None
 
 

@@ -62,8 +62,9 @@ def test_a_client_without_the_auth_string_is_refused(api):
 def test_the_cli_without_the_auth_string_records_nothing(api, run_cli, tmp_path):
     before = len(_all_flow_runs(api))
     res = run_cli(*RUN, "--out", str(tmp_path / "runs"), env={"PREFECT_API_URL": api})
-    assert res.returncode != 0, res.stdout + res.stderr
-    assert "401 Unauthorized" in res.stdout + res.stderr, res.stdout + res.stderr
+    assert res.returncode == 2, res.stdout + res.stderr  # a usage error, named in one line
+    assert "401 Unauthorized" in res.stderr and "set PREFECT_API_AUTH_STRING" in res.stderr
+    assert "Traceback" not in res.stdout + res.stderr, res.stdout + res.stderr
     assert len(_all_flow_runs(api)) == before
 
 
