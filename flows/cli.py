@@ -82,6 +82,13 @@ def _run_options() -> argparse.ArgumentParser:
         "code computed them); default: the preset's",
     )
     p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print the flow and task run logs (losses per epoch, task states), which "
+        "always go to the Prefect API",
+    )
+    p.add_argument(
         "--keep-stale",
         action="store_true",
         help="reuse items computed by another code version (listed in summary.json)",
@@ -180,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("run", "sweep"):
             cfg = _load(args)
-            return commands.run(cfg, flow_parameters(args, cfg))
+            return commands.run(cfg, flow_parameters(args, cfg), verbose=args.verbose)
         if args.command == "presets":
             return commands.presets()
         return {"report": commands.report, "verify": commands.verify}[args.command](args.run_dir)

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from flows import console
 from flows.console import print_summary
 from ntkflow.config import ConfigError, to_yaml
 from ntkflow.config.presets import PRESET_HELP, PRESETS, load_config
@@ -23,9 +24,10 @@ def presets() -> int:
     return 0
 
 
-def run(cfg, params: dict) -> int:
+def run(cfg, params: dict, verbose: bool = False) -> int:
     """The flow ``experiment`` with ``params`` (:func:`flows.cli.flow_parameters`) for the
-    config ``cfg``: 0 when every trial succeeded, 1 otherwise."""
+    config ``cfg``: 0 when every trial succeeded, 1 otherwise. ``verbose``: the flow and task
+    run logs on the console too (:func:`flows.console.configure_logging`)."""
     from ntkflow.preflight import PlaceError, check_cluster, check_out, open_store
 
     # Every config, cluster and store error surfaces here, before any work and before the run
@@ -36,6 +38,7 @@ def run(cfg, params: dict) -> int:
     store = open_store(out).child(cfg.run_id)
     # Dask's INFO chatter (worker start/stop, closed comms at shutdown) hides the progress lines.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    console.configure_logging(verbose)  # before Prefect is imported
     t0 = time.monotonic()
     from flows.server import check_api, configured_api_url, prefect_api
 
@@ -92,7 +95,8 @@ def run(cfg, params: dict) -> int:
     summary = store.read_json("summary.json") if _summary_bytes(store) != before else None
     if summary is None:
         why = failed if failed is not None else f"no summary.json in {store.url}"
-        print(f"ntkflow: the run failed before aggregation: {why}", file=sys.stderr)
+        logs = "" if console.state["logs_on_console"] else " (-v prints the flow's logs)"
+        print(f"ntkflow: the run failed before aggregation: {why}{logs}", file=sys.stderr)
         return 1
     print_summary(summary, store.url, time.monotonic() - t0, None if embedded else api)
     if failed is not None:

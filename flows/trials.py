@@ -92,8 +92,8 @@ class TrialSteps:
         fut.add_done_callback(self.ended.put)
 
     def run(self, todo: list[int]) -> None:
-        """Submit every trial and follow its steps to the end, moving the progress (every
-        second also with the epochs of the trainings running)."""
+        """Submit every trial and follow its steps to the end, moving the progress as each
+        step ends and, between, every second (with the epochs of the trainings running)."""
         self.progress.follow_epochs()
         for k in todo:
             self.submit(k, "trial")
@@ -101,9 +101,10 @@ class TrialSteps:
             try:
                 fut = self.ended.get(timeout=1.0)
             except queue.Empty:
-                self.progress.update(running={k for k, _, _ in self.pending.values()})
-                continue
-            self.step_ended(fut, *self.pending.pop(fut))
+                fut = None
+            if fut is not None:
+                self.step_ended(fut, *self.pending.pop(fut))
+            self.progress.update(running={k for k, _, _ in self.pending.values()})
         self.progress.update()
 
     def step_ended(self, fut, k: int, step: str, spec) -> None:
@@ -125,7 +126,8 @@ class TrialSteps:
                 self.submit(k, "result", None, next((e for e in self.theories[k] if e), None))
         else:
             done = tr.load_result(self.store, k) is not None  # the store decides, not the future
-            self.progress.trial_ended(k, done, None if done else _failure(self.store, k, state))
+            cause = None if done else error or self.error(k, step, spec, state)
+            self.progress.trial_ended(k, done, cause)  # the first failure, with its step
 
     def error(self, k: int, step: str, spec, state) -> str:
         """What a later step names as its cause: an upstream's own UpstreamFailed message is
@@ -134,6 +136,19 @@ class TrialSteps:
             return state.message.removeprefix("not run: ")
         name = f"trial-{k:03d}" + (f"/{step}/{spec.name}" if spec is not None else "")
         return f"{name} failed ({_failure(self.store, k, state)})"
+
+
+def rerun_hint(cfg: Config) -> str:
+    """How to recompute the failed trials: a rerun, unless a fault set to fire on every run
+    (``faults.*`` without ``faults.fail_once``) would fail them again."""
+    f = cfg.faults
+    armed = [name for name in ("fail_trials", "fail_networks") if getattr(f, name)]
+    if not armed or f.fail_once:
+        return "rerun the same command (or retry this flow run) to recompute only those"
+    keys = " and ".join(f"faults.{name}" for name in armed)
+    drop = " ".join(f"--set faults.{name}=[]" for name in armed)
+    verb, it = ("is", "it") if len(armed) == 1 else ("are", "them")
+    return f"{keys} {verb} set: drop {it} ({drop}) to recompute them"
 
 
 def _final_state(fut):
@@ -181,10 +196,7 @@ def run_trials(
     # Each launch takes the trials in its own random order, so concurrent launches of the same
     # run mostly compute different trials instead of waiting on each other's leases.
     todo = random.sample(todo, len(todo))
-    log.info(
-        "run %s: %d trial(s), %d to compute, store %s", cfg.run_id, cfg.trials, len(todo), store.url
-    )
-    progress = Progress(cfg, out, cfg.trials - len(todo), log)
+    progress = Progress(cfg, out, todo, log)  # "run …: 8 trial(s), 3 to compute (63 new items)"
     if train_resources is None and todo and network_specs(cfg):
         train_resources = workers.train_resources(workers.dask_client(), None)
     with internals.lean_tasks():  # settings shipped as they are, task runs untagged
@@ -195,9 +207,8 @@ def run_trials(
     publish(cfg, out, summary)
     if summary["failed_trials"]:
         msg = (
-            f"{len(summary['failed_trials'])} trial(s) failed: "
-            f"{summary['failed_trials']}; rerun the same command (or retry this flow run) to "
-            f"recompute only those (summary: {store.url}/summary.json)"
+            f"{len(summary['failed_trials'])} trial(s) failed: {summary['failed_trials']}; "
+            f"{rerun_hint(cfg)} (summary: {store.url}/summary.json)"
         )
         log.error("run %s finished in state Failed: %s", cfg.run_id, msg)
         # A Failed state, not an exception: the run is marked failed without a traceback.

@@ -17,7 +17,7 @@ from ntkflow.holdings import holdings
 from ntkflow.store import Store
 from ntkflow.trial import Trial, complete, method_key
 from ntkflow.trial.items import code_versions
-from ntkflow.trial.manifest import check
+from ntkflow.trial.manifest import check, new_methods
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -101,6 +101,11 @@ def up_to_date(cfg: Config, store: Store) -> tuple[list[int], dict | None]:
     summary = store.read_json("summary.json")
     current = summary is not None and summary.get("inputs") == inputs_digest(cfg, results)
     return [], summary if current else None
+
+
+def new_items(cfg: Config, store: Store, todo: list[int]) -> int:
+    """How many of the items that trials ``todo`` hold were never computed (no record)."""
+    return sum(len(new_methods(Trial(cfg, store, k))) for k in todo)
 
 
 def collect(cfg: Config, store: Store, deep: bool = False):

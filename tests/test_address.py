@@ -170,7 +170,7 @@ def test_a_run_on_an_existing_scheduler_by_address(tmp_path, run_cli):
     with _dask_cluster(tmp_path, host, port) as address:
         cluster = f"[::1]:{port}" if host == "::1" else address
         res = run_cli(
-            *("run", "--preset", "smoke", "--kernels-only", "--cluster", cluster),
+            *("run", "--preset", "smoke", "--kernels-only", "--cluster", cluster, "-v"),
             *("--out", str(tmp_path / "runs")),
         )
     out = res.stdout + res.stderr

@@ -362,6 +362,7 @@ def _start_run(tmp_path, prefect_home):
         *(a for item in RUN_SETTINGS for a in ("--set", item)),
         "--out",
         str(tmp_path / "runs"),
+        "-v",  # the epochs on the console: the tests wait for them
     ]
     proc = subprocess.Popen(
         cmd,

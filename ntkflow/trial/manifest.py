@@ -83,12 +83,18 @@ def _foreign(t: Trial, result: dict) -> list[str]:
     return out
 
 
+NOT_COMPUTED = "not computed yet"  # a method the result lacks: counted as new, not warned about
+
+
 def _methods(t: Trial, result: dict) -> list[str]:
     """Methods of the config that the result lacks or holds under another key or data."""
     methods = result.get("methods") or {}
     sha = (result.get("data") or {}).get("sha256")
     out = []
     for m in t.cfg.methods:
+        if methods.get(m) is None:
+            out.append(f"{m}: {NOT_COMPUTED}")
+            continue
         why = item_of(t, m).problem(methods.get(m), m, sha)
         if why:
             out.append(f"{m}: {why}")
@@ -131,9 +137,33 @@ def complete(t: Trial, deep: bool = False, quiet: bool = False) -> dict | None:
     bad = problems(t, result, deep)
     if bad:
         if not quiet:
-            log.warning("%s must be (partly) recomputed: %s", t.name, "; ".join(bad))
+            _warn_recompute(t, [p for p in bad if not p.endswith(f": {NOT_COMPUTED}")])
         return None
     return result
+
+
+_warned: set[tuple[str, str]] = set()  # (trial folder, warning): each said once per process
+SHOWN = 5  # problems named in a warning
+
+
+def _warn_recompute(t: Trial, bad: list[str]) -> None:
+    """One warning naming, briefly, what the trial stores that cannot be reused (methods never
+    computed are no problem: the run counts them as new)."""
+    if not bad:
+        return
+    brief = [p.split(" (", 1)[0].replace(": ", " (", 1) + ")" if ": " in p else p for p in bad]
+    more = f" … and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
+    named = ", ".join(brief[:SHOWN]) + more
+    msg = f"{t.name}: {len(bad)} stored item(s) must be recomputed: {named}"
+    if (t.store.url + t.dir, msg) not in _warned:
+        _warned.add((t.store.url + t.dir, msg))
+        log.warning("%s", msg)
+
+
+def new_methods(t: Trial) -> list[str]:
+    """The config's methods with no record in the trial's folder: computed for the first time."""
+    stored = set(t.store.listdir(t.path("items")))
+    return [m for m in t.cfg.methods if f"{m}.json" not in stored]
 
 
 def check(t: Trial, deep: bool = True) -> tuple[dict | None, list[str]]:
