@@ -7,11 +7,13 @@ Each configuration runs the real command (embedded Prefect API, LocalCluster) in
 folder with a fresh Prefect home (its database migrated first, untimed), round-robin, so a
 noisy machine slows every configuration alike. Configurations:
 
-  this venv                 the installed Prefect (3.8.8), Prefect's defaults
-  this venv, batch N        the embedded server's task-run recorder writing N task-run
-                            events per transaction (PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_
-                            BATCH_SIZE and _READ_BATCH_SIZE; Prefect's default is 1)
-  other venv                ``--python``: another virtualenv with this checkout installed
+  this venv, batch 1        the installed Prefect (3.8.8), its embedded server's task-run
+                            recorder writing one task-run event per transaction (Prefect's
+                            default; PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE and
+                            _READ_BATCH_SIZE)
+  this venv, batch N        the same with N events per transaction (ntkflow's embedded server
+                            uses 50: flows/server.py)
+  other venv, batch 1       ``--python``: another virtualenv with this checkout installed
                             (e.g. prefect 3.9.1: ``pip install -e . && pip install prefect==3.9.1``)
 
 Reported per configuration: median wall seconds and median CPU seconds of the whole process
@@ -76,6 +78,11 @@ def _once(python: str, env_extra: dict, preset: str, trials: int, tmp: Path, i: 
     return float(wall), float(cpu)
 
 
+def _commit() -> str | None:
+    res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True)
+    return res.stdout.decode().strip() or None
+
+
 def _version(python: str) -> str:
     code = "import prefect; print(prefect.__version__)"
     return subprocess.run([python, "-c", code], capture_output=True, text=True).stdout.strip()
@@ -92,15 +99,18 @@ def main() -> None:
     a = p.parse_args()
 
     here = sys.executable
-    configs = {f"prefect {_version(here)}": (here, {})}
-    if a.batch:
-        batch = {
-            "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": str(a.batch),
-            "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": str(a.batch),
+
+    def batch(n: int) -> dict:
+        return {
+            "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": str(n),
+            "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": str(n),
         }
-        configs[f"prefect {_version(here)}, recorder batch {a.batch}"] = (here, batch)
+
+    configs = {f"prefect {_version(here)}, recorder batch 1": (here, batch(1))}
+    if a.batch:
+        configs[f"prefect {_version(here)}, recorder batch {a.batch}"] = (here, batch(a.batch))
     if a.python:
-        configs[f"prefect {_version(a.python)}"] = (a.python, {})
+        configs[f"prefect {_version(a.python)}, recorder batch 1"] = (a.python, batch(1))
     times: dict[str, list[tuple[float, float]]] = {c: [] for c in configs}
     with tempfile.TemporaryDirectory() as tmp:
         i = 0
@@ -115,28 +125,31 @@ def main() -> None:
     base = next(iter(configs))
     med = {c: [statistics.median(x) for x in zip(*v, strict=True)] for c, v in times.items()}
     out = {
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": _commit(),
         "preset": a.preset,
         "trials": a.trials,
         "kernels_only": True,
         "repeats": a.repeats,
-        "configurations": {
-            c: {
+        "configurations": [
+            {
+                "configuration": c,
                 "wall_s": w,
                 "cpu_s": cpu,
                 "wall_ratio": w / med[base][0],
                 "cpu_ratio": cpu / med[base][1],
-                "raw": times[c],
             }
             for c, (w, cpu) in med.items()
-        },
+        ],
+        "raw": times,
     }
     rows = [
         (
-            c,
+            e["configuration"],
             f"wall {e['wall_s']:6.1f} s ({e['wall_ratio']:.2f}x)   CPU {e['cpu_s']:6.1f} s "
             f"({e['cpu_ratio']:.2f}x)",
         )
-        for c, e in out["configurations"].items()
+        for e in out["configurations"]
     ]
     title = f"ntkflow run --preset {a.preset} --kernels-only, {a.trials} trials"
     title += f", median of {a.repeats}"
