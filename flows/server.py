@@ -51,7 +51,9 @@ class EmbeddedAPI:
         }
         args = ["--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1"]
         args += ["--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
-        return subprocess.Popen([sys.executable, "-c", _UVICORN, *args], env=env)
+        # its own process group: a Ctrl-C (to the whole foreground group) does not stop it
+        # before the command has marked its runs Crashed; the command stops it (flows.signals)
+        return subprocess.Popen([sys.executable, "-c", _UVICORN, *args], env=env, process_group=0)
 
     def wait(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """Until the server answers /health; RuntimeError if it exits or times out. Until

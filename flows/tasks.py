@@ -140,4 +140,6 @@ def finish_task(cfg: Config, out: str, k: int, versions: dict, upstream_error: s
 
 @task(task_run_name="aggregate")
 def aggregate_task(cfg: Config, out: str, run_info: dict) -> dict:
+    if cfg.faults.fail_aggregate:
+        raise tr.InjectedFault("injected fault in the aggregation (faults.fail_aggregate)")
     return report.aggregate(cfg, Store(out), run_info)

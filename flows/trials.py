@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.settings import get_current_settings
 from prefect.states import Failed
 
-from flows import internals, signals, workers
+from flows import endings, internals, signals, workers
 from flows.artifacts import flow_runs, publish
 from flows.progress import Progress
 from flows.tasks import (
@@ -152,12 +152,19 @@ def rerun_hint(cfg: Config) -> str:
 
 
 def _final_state(fut):
-    """The ended future's Prefect state (None if it could not be read)."""
+    """The ended future's Prefect state (None if it could not be read). A task run Dask gave up
+    on (every worker running it died: KilledWorker) cannot end itself: it is ended Crashed here,
+    naming Dask's error, instead of staying Running in the UI."""
     fut.wait()  # sets the state the task returned, without asking the API
     try:
-        return fut.state
+        state = fut.state
     except Exception:  # noqa: BLE001 - API unreachable: the store decides
         return None
+    if state is not None and not state.is_final():
+        error = fut.wrapped_future.exception()
+        why = f"{type(error).__name__}: {error}" if error else "its worker reported no end"
+        state = endings.crash_task_run(fut.task_run_id, why)
+    return state
 
 
 def _failure(store: Store, k: int, state) -> str:

@@ -193,8 +193,9 @@ def test_the_api_ca_file_is_written_once_and_reused(tmp_path):
 
 
 def test_terminate_then_kill_kills_only_what_outlives_the_grace():
-    """A process that ends on SIGTERM is not killed; one that ignores SIGTERM is, after the
-    grace period; both are gone (reaped) when the call returns."""
+    """A process that ends on SIGTERM is not killed; one whose handler ignores SIGTERM is,
+    after the grace period; one that ignores it outright (SIG_IGN, Linux says so) is killed at
+    once; all are gone (reaped) when the call returns."""
     import subprocess
     import sys
     import time
@@ -203,18 +204,22 @@ def test_terminate_then_kill_kills_only_what_outlives_the_grace():
 
     from flows.processes import terminate_then_kill
 
-    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    stubborn = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-            "print('ready', flush=True); time.sleep(60)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert stubborn.stdout.readline() == "ready\n"  # its handler is in place
+    def start(code: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"import signal, time; {code}; print('ready', flush=True); time.sleep(60)",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout.readline() == "ready\n"  # its handler is in place
+        proc.stdout.close()
+        return proc
+
+    polite = start("pass")
+    stubborn = start("signal.signal(signal.SIGTERM, lambda *a: None)")
     procs = [psutil.Process(polite.pid), psutil.Process(stubborn.pid)]
     t0 = time.monotonic()
     killed = terminate_then_kill(procs, grace=1)
@@ -222,7 +227,13 @@ def test_terminate_then_kill_kills_only_what_outlives_the_grace():
     assert [p.pid for p in killed] == [stubborn.pid]
     assert not any(p.is_running() for p in procs)
     polite.wait(timeout=5), stubborn.wait(timeout=5)  # reaped already: returns at once
-    stubborn.stdout.close()
+
+    deaf = start("signal.signal(signal.SIGTERM, signal.SIG_IGN)")
+    t0 = time.monotonic()
+    assert terminate_then_kill([gone := psutil.Process(deaf.pid)], grace=60) == []
+    assert time.monotonic() - t0 < 30  # killed at once: the 60 s grace was not waited for
+    assert not gone.is_running()
+    deaf.wait(timeout=5)
 
 
 def test_a_signal_during_prefects_import_marks_nothing_and_imports_nothing(monkeypatch):
@@ -233,8 +244,8 @@ def test_a_signal_during_prefects_import_marks_nothing_and_imports_nothing(monke
     import sys
     import types
 
-    from flows.signals import _mark_crashed
+    from flows.endings import crash_command
 
     monkeypatch.setitem(sys.modules, "prefect.context", types.ModuleType("prefect.context"))
-    _mark_crashed("SIGTERM: interrupted", timeout=1)
+    assert crash_command("SIGTERM: interrupted", timeout=1) is None
     assert not hasattr(sys.modules["prefect.context"], "FlowRunContext")

@@ -173,11 +173,14 @@ def test_sigkill_of_the_command_cancels_its_jobs_through_the_watchdog(slurm_env,
     assert _queue_empties(15) == []
 
 
-# `ntkflow run` as far as signals go: its watchdog, its handler, then it waits for a signal
+# `ntkflow run` as far as signals go: its watchdog, its handler, a Slurm cluster's start (which
+# notes that the run submits jobs), then it waits for a signal
 COMMAND = """
 import sys
 from flows import signals, watchdog
+from ntkflow.cluster import slurm
 signals.exit_on_signals(spare=watchdog.start().pid)
+slurm.note_submission()
 print("ready", flush=True)
 sys.stdin.read()
 """

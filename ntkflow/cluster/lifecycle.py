@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -44,6 +46,29 @@ def _wait_for_first_worker(cluster, plan: ClusterPlan, timeout: float) -> None:
 
 
 @contextlib.contextmanager
+def _sigint_blocked(block: bool):
+    """While a local cluster is created, SIGINT blocked in this thread: the cluster's event loop
+    thread, started now, inherits the mask, and so do the threads it starts the worker processes
+    from and the processes themselves (a mask survives fork and exec), restarted and added ones
+    included. A Ctrl-C reaches the whole foreground process group: the workers must not take it
+    (each would print a traceback and be restarted by its nanny); the command's own handler
+    stops them (``flows.signals``). A Ctrl-C meanwhile is handled once the cluster is up."""
+    if not block or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    # started here first: started by the event loop thread (for the nannies' queues), it would
+    # unblock SIGINT in that thread as it spawns (blocked around the spawn, then unblocked)
+    resource_tracker.ensure_running()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
 def start_cluster(plan: ClusterPlan, start_timeout: float = 600.0):
     """Start (or join) the plan's cluster; yields its scheduler address, stops what it started.
 
@@ -65,8 +90,11 @@ def start_cluster(plan: ClusterPlan, start_timeout: float = 600.0):
     if plan.cluster_class.startswith("dask_jobqueue."):
         kwargs["job_name"] = slurm.job_name()
     on_slurm = slurm.is_slurm(plan.cluster_class)
+    if on_slurm:
+        slurm.note_submission()  # before the first sbatch: from now on the run's jobs are cancelled
+    local = plan.name in ("local", "cuda")
     try:
-        with dask.config.set(_LOCAL_WORKER_CONFIG if plan.name in ("local", "cuda") else {}):
+        with dask.config.set(_LOCAL_WORKER_CONFIG if local else {}), _sigint_blocked(local):
             cluster = cls(**kwargs)
     except Exception as e:  # noqa: BLE001 - any failure to start is reported the same way
         raise ClusterError(f"cannot start {plan.describe()}: {type(e).__name__}: {e}") from e

@@ -3,7 +3,9 @@
 
 Batch jobs carry :func:`job_name`, so they are cancelled when the run ends, however it ends
 (:func:`ntkflow.cluster.lifecycle.start_cluster` as it stops, ``flows.signals`` on signals,
-``flows.watchdog`` on SIGKILL)."""
+``flows.watchdog`` on SIGKILL). Only a run that submits jobs asks Slurm anything: a run on a
+local cluster calls no Slurm command, also where Slurm's client is installed (without a
+configuration, ``scancel`` would only print its "fatal" error)."""
 
 from __future__ import annotations
 
@@ -25,29 +27,61 @@ def job_name(pid: int | None = None) -> str:
     return f"ntkflow-{socket.gethostname()}-{pid or os.getpid()}"
 
 
+_SUBMITS = False  # whether this run submits batch jobs (set by note_submission)
+_LISTENERS: list = []  # called once a run submits: the watchdog is told (flows.watchdog)
+
+
+def note_submission() -> None:
+    """This run submits batch jobs (a Slurm cluster is starting): from now on its jobs are
+    asked for and cancelled; ``on_submission`` listeners are called once."""
+    global _SUBMITS
+    if not _SUBMITS:
+        _SUBMITS = True
+        for listener in _LISTENERS:
+            listener()
+
+
+def on_submission(listener) -> None:
+    """Call ``listener()`` once this run submits batch jobs (at once if it already does)."""
+    _LISTENERS.append(listener)
+    if _SUBMITS:
+        listener()
+
+
+def submitted() -> bool:
+    """Whether this run submits batch jobs (:func:`note_submission`): without, no Slurm command."""
+    return _SUBMITS
+
+
 def _user() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
 
-def cancel_jobs(pid: int | None = None) -> None:
+def cancel_jobs(pid: int | None = None, report: bool = True) -> str | None:
     """Cancel the batch jobs of the run launched by ``pid`` (this process), pending or running.
-    Best effort, bounded: a no-op where Slurm is not installed."""
-    if not shutil.which("scancel"):
-        return
+    Best effort, bounded: a no-op unless the run submits jobs (:func:`submitted`) and Slurm is
+    installed. A failure is returned, and printed to stderr if ``report``."""
+    if not _SUBMITS or not shutil.which("scancel"):
+        return None
     cmd = ["scancel", "--name", job_name(pid), "--user", _user()]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        problem = res.stderr.strip() if res.returncode else None  # no such job: not an error
     except (OSError, subprocess.SubprocessError) as e:
-        print(f"ntkflow: {' '.join(cmd)}: {e}", file=sys.stderr, flush=True)
-        return
-    if res.returncode:  # no such jobs is not an error for scancel; anything else is said
-        print(f"ntkflow: {' '.join(cmd)}: {res.stderr.strip()}", file=sys.stderr, flush=True)
+        problem = str(e)
+    if problem is None:
+        return None
+    problem = f"{' '.join(cmd)}: {problem}"
+    if report:
+        print(f"ntkflow: {problem}", file=sys.stderr, flush=True)
+    return problem
 
 
 def queued_jobs(pid: int | None = None, fmt: str = "%i %T") -> list[str] | None:
     """squeue's lines (format ``fmt``) for the batch jobs of the run launched by ``pid`` (this
-    process) that are still queued, running or completing; None where Slurm cannot be asked."""
-    if not shutil.which("squeue"):
+    process) that are still queued, running or completing; None where Slurm cannot be asked
+    (or the run submits no jobs)."""
+    if not _SUBMITS or not shutil.which("squeue"):
         return None
     cmd = ["squeue", "-h", "--name", job_name(pid), "--user", _user(), "-o", fmt]
     try:

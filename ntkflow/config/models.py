@@ -97,6 +97,7 @@ class FaultsConfig(Strict):
     fail_once: bool = Field(False, strict=True)
     # one network of one trial, "K/NAME" (e.g. "1/NN1@w64"): raise inside its training only
     fail_networks: list[str] = Field(default_factory=list)
+    fail_aggregate: bool = Field(False, strict=True)  # raise in the aggregation, after the trials
 
     @field_validator("fail_networks")
     @classmethod
