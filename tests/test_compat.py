@@ -18,10 +18,21 @@ import yaml
 
 from ntkflow import report, trial
 from ntkflow.config import validate
+from ntkflow.names import parse_method
 from ntkflow.store import Store
 
 FIXTURE = Path(__file__).parent / "data" / "run-f558695.tar.gz"
 RUN_ID = "fd33f893ffc6"
+
+
+def _tolerance(method: str) -> float:
+    """How closely a recomputation on this machine must match the fixture's number. Kernels:
+    float64 NumPy/SciPy, the same to rounding (1e-12; they match exactly here). Networks and
+    their linearizations: float32 torch training on the CPU, whose kernels sum in an order that
+    depends on the CPU's vector instructions, so another machine agrees to float32 rounding
+    (eps 1.2e-7) amplified over the SGD steps, not to the bit: 1e-5, ~100 float32 ulps
+    (measured here against the fixture's machine: NN1 1.4e-7, LIN1-inf 7.5e-9)."""
+    return 1e-5 if parse_method(method).kind in ("network", "linearized") else 1e-12
 
 
 @pytest.mark.parametrize("drop_result", [False, True], ids=["as-written", "without-result"])
@@ -60,6 +71,6 @@ def test_a_run_folder_of_the_previous_layout_is_reused(tmp_path, drop_result):
                 assert path.read_bytes() == before[path]
             else:  # its code changed: recomputed under the current key, the same numbers
                 assert rec["key"] == trial.method_key(t, m) != was["key"]
-                assert rec["rmse"] == pytest.approx(was["rmse"], rel=1e-12)
+                assert rec["rmse"] == pytest.approx(was["rmse"], rel=_tolerance(m))
         assert not any(same.values())  # the keys of f558695 hash fewer modules than ours
     assert report.verify(cfg, store) == {0: [], 1: []}
