@@ -11,14 +11,6 @@ from pathlib import Path
 
 from flows.internals import EPHEMERAL_SERVER_ENV, flush_logs, refresh_settings
 
-# The embedded server's task-run recorder writes task-run events 50 per transaction, not one
-# (Prefect's default): a kernels-only quick run of 8 trials took 0.71x the wall time and 0.95x
-# the CPU, every task run and state recorded alike (benchmarks/prefect_versions.py). Its last
-# batch is written when the server stops (the recorder flushes on shutdown).
-RECORDER_BATCH = {
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "50",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "50",
-}
 STARTUP_TIMEOUT = int(os.environ.get("NTKFLOW_PREFECT_STARTUP_TIMEOUT", "300"))
 
 
@@ -38,7 +30,6 @@ class EmbeddedAPI:
         import subprocess
 
         env = {
-            **RECORDER_BATCH,  # the user's own setting, if any, wins
             **os.environ,
             "PREFECT_UI_ENABLED": "0",
             **EPHEMERAL_SERVER_ENV,
