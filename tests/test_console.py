@@ -296,8 +296,7 @@ def test_a_quick_run_prints_a_few_dozen_lines_and_v_adds_the_run_logs(tmp_path, 
     db = sqlite3.connect(home / "prefect.db")
     (logged,) = db.execute("select count(*) from log where message like '% epoch 20/20:%'")
     assert logged[0] == 4  # two networks of two trials, in their task runs' logs
-    # every task run of the run recorded in its final state (the embedded server's recorder
-    # writes task-run events in batches: the last one too, when the server stops)
+    # every task run of the run recorded in its final state in the embedded API's database
     states = dict(db.execute("select name, state_name from task_run").fetchall())
     steps = [f"{s}/NN{L}" for s in ("train", "theory") for L in (1, 2)]
     names = [f"trial-{k:03d}{x}" for k in range(3) for x in ("", *(f"/{s}" for s in steps))]
