@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import importlib.machinery
 import importlib.util
 import json
 from pathlib import Path
@@ -48,10 +49,21 @@ def digest(obj, n: int = 12) -> str:
 
 
 def _spec(module: str):
+    """The module's spec, found without importing it or its parents (``find_spec`` of a dotted
+    name imports the parent package: ``ntkflow.train.f`` would import torch); None when there
+    is none, or a parent is a module, not a package."""
+    top, *rest = module.split(".")
     try:
-        return importlib.util.find_spec(module)
-    except (ImportError, ValueError):  # a parent that is a module, not a package
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
         return None
+    name = top
+    for part in rest:
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        name = f"{name}.{part}"
+        spec = importlib.machinery.PathFinder.find_spec(name, spec.submodule_search_locations)
+    return spec
 
 
 def _source(module: str) -> Path | None:

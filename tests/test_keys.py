@@ -140,6 +140,20 @@ def test_every_item_kind_has_a_code_version_covering_its_module_and_imports():
     assert "ntkflow.krr" not in keys.code_modules(items.KINDS["gram"])
 
 
+def test_versioning_the_code_imports_none_of_it():
+    """Keys are read off the source: finding ``ntkflow.train.f`` must not import
+    ``ntkflow.train`` (and torch with it) into the command that only aggregates."""
+    code = (
+        "import json, sys; from ntkflow.trial.items import code_versions; "
+        "before = set(sys.modules); code_versions(); "
+        "print(json.dumps(sorted(set(sys.modules) - before)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    new = set(json.loads(proc.stdout.splitlines()[-1]))
+    assert not {m for m in new if m.split(".")[0] in ("torch", "ntkflow")}, sorted(new)
+
+
 def test_lazy_imports_and_relative_imports_are_followed(tmp_path, monkeypatch):
     pkg = tmp_path / "ntkflow_probe"
     (pkg / "sub").mkdir(parents=True)
