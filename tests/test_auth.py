@@ -12,7 +12,8 @@ import pytest
 import servers as S
 from test_address import _dask_cluster
 
-pytestmark = pytest.mark.slow
+# one xdist worker, so one server (a module fixture) for all of them
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("auth-server")]
 
 AUTH = "ntkflow:s3cret-for-this-test"
 RUN = ["run", "--preset", "smoke", "--kernels-only"]

@@ -11,7 +11,8 @@ import servers as S
 
 from ntkflow.config.presets import load_config
 
-pytestmark = pytest.mark.slow
+# one xdist worker, so one server (a module fixture) for all of them
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deploy-e2e")]
 
 POOL = "ntkflow-process"
 FAULTS = ["faults.fail_trials=[1]", "faults.fail_once=true"]

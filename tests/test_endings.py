@@ -20,6 +20,9 @@ import servers as S
 
 from ntkflow.config.presets import load_config
 
+# one xdist worker, so one `prefect server` (the module's ``api``) for all of them
+pytestmark = pytest.mark.xdist_group("endings-server")
+
 ROOT = Path(__file__).resolve().parent.parent
 OPEN = {"SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"}
 TRAINING = ["trials=2", "compute.n_workers=2", "networks.epochs=[50000, 50000]"]
@@ -144,7 +147,8 @@ def test_a_signal_during_training_ends_every_run_of_the_command(
     tmp_path, request, prefect_home, fake_slurm, signum, embedded
 ):
     """The signal goes to the whole process group (a Ctrl-C in a terminal, a service manager's
-    stop): 10 s later the parent flow run, its subflow and every task run of the command are
+    stop): the command exits 128 + signal within seconds and no process it started survives;
+    10 s later the parent flow run, its subflow and every task run of the command are
     final (Crashed, saying why), stderr ends with ntkflow's line, and no Slurm command ran
     (a local run, with a Slurm client on PATH). The embedded API's database is read afterwards
     by a `prefect server` on the same Prefect home."""
@@ -164,9 +168,16 @@ def test_a_signal_during_training_ends_every_run_of_the_command(
         dog = [p for p in tree if "flows.watchdog" in " ".join(p.cmdline())]
         workers = _workers(proc)
         assert len(workers) == 2 and all(_blocks_sigint(p.pid) for p in workers)
+        t0 = time.monotonic()
         os.killpg(proc.pid, signum)
         assert _finish(proc, readers, timeout=60) == 128 + signum, "".join(err)[-3000:]
+        took = time.monotonic() - t0
+        assert took < 20, (took, "".join(err)[-3000:])  # within seconds, on a loaded machine
         psutil.wait_procs(dog, timeout=30)  # the watchdog ends after its own clean-up
+        # no process the command started (API server, nannies, workers, watchdog) survives
+        _, survivors = psutil.wait_procs(tree, timeout=30)
+        survivors = [p for p in survivors if p.status() != psutil.STATUS_ZOMBIE]
+        assert survivors == [], [(p.pid, p.cmdline()) for p in survivors]
         time.sleep(10)  # what the UI shows once everything has settled
     finally:
         if proc.poll() is None:
