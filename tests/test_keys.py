@@ -89,15 +89,21 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def baseline(tmp_path_factory):
-    base = tmp_path_factory.mktemp("keys")
-    src = _copy_project(base / "src")
-    first = _run(src, base / "store")
-    assert set(first["computed"]) == {"NTKJ1", *NN, *LIN}
-    again = _run(src, base / "store")
-    assert again["computed"] == [] and again["keys"] == first["keys"]  # unchanged code: reused
-    return base, first
+@pytest.fixture(scope="session")
+def baseline(once):
+    """The copied project and its store after one run, built once per session for every xdist
+    worker (``once``); the tests copy both before changing anything."""
+
+    def build(base: Path) -> None:
+        src = _copy_project(base / "src")
+        first = _run(src, base / "store")
+        assert set(first["computed"]) == {"NTKJ1", *NN, *LIN}
+        again = _run(src, base / "store")
+        assert again["computed"] == [] and again["keys"] == first["keys"]  # unchanged: reused
+        (base / "first.json").write_text(json.dumps(first))
+
+    base = once("keys-baseline", RUN, build)
+    return base, json.loads((base / "first.json").read_text())
 
 
 @pytest.mark.slow
