@@ -3,7 +3,6 @@ Dask reads it, in the config, the cluster plan and the preflight; `--cluster [::
 end on a real scheduler and two workers on the IPv6 loopback (127.0.0.1 where there is none)."""
 
 import contextlib
-import json
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from ntkflow.cluster.address import SCHEMES, parse_address
 from ntkflow.cluster.errors import ClusterError
 from ntkflow.cluster.plans import resolve_cluster
 from ntkflow.config import ConfigError
-from ntkflow.config.presets import build_config, load_config
+from ntkflow.config.presets import build_config
 from ntkflow.preflight import PlaceError, check_cluster
 
 HOSTS = ["127.0.0.1", "10.0.0.1", "localhost", "scheduler", "node-01.cluster.local", "my_host"]
@@ -160,25 +159,6 @@ def _dask_cluster(workdir: Path, host: str, port: int):
         log.close()
 
 
-@pytest.mark.slow
-def test_a_run_on_an_existing_scheduler_by_address(tmp_path, run_cli):
-    """`--cluster [::1]:PORT` (`--cluster tcp://127.0.0.1:PORT` without an IPv6 loopback): the
-    config accepts it, the preflight reaches the scheduler, the flow connects to the normalized
-    address, the two hand-started workers compute the run, and they report to the run's
-    Prefect API: none of them starts a private Prefect server."""
-    host, port = _loopback()
-    with _dask_cluster(tmp_path, host, port) as address:
-        cluster = f"[::1]:{port}" if host == "::1" else address
-        res = run_cli(
-            *("run", "--preset", "smoke", "--kernels-only", "--cluster", cluster, "-v"),
-            *("--out", str(tmp_path / "runs")),
-        )
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out
-    assert f"2 worker(s) of {address}" in res.stderr, out  # the flow's log: the normalized address
-    (summary,) = (tmp_path / "runs").glob("*/summary.json")
-    cfg = load_config("smoke")
-    methods = json.loads(summary.read_text())["methods"]
-    assert {m: methods[m]["n"] for m in cfg.kernels} == dict.fromkeys(cfg.kernels, cfg.trials)
-    assert methods["NTKB1"]["n"] == 2
-    assert "Starting temporary server" not in (tmp_path / "dask.log").read_text()
+# A run on a scheduler started by hand, reached by its address (IPv6 where there is a loopback):
+# test_a_run_on_an_existing_scheduler_by_address_whose_workers_lack_the_auth_string in
+# tests/test_auth.py, with the workers' Prefect settings (one command for both).

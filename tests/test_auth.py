@@ -10,7 +10,9 @@ import urllib.error
 
 import pytest
 import servers as S
-from test_address import _dask_cluster
+from test_address import _dask_cluster, _loopback
+
+from ntkflow.config.presets import load_config
 
 # one xdist worker, so one server (a module fixture) for all of them
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("auth-server")]
@@ -77,14 +79,29 @@ def test_a_run_with_the_auth_string_is_recorded(api, run_cli, tmp_path):
     _assert_recorded(api, tmp_path / "runs")
 
 
-def test_workers_started_without_the_auth_string_get_it_from_the_run(api, run_cli, tmp_path):
-    """A scheduler and workers started by hand, without PREFECT_API_AUTH_STRING (as on other
-    machines): each task carries the run's Prefect settings, auth string included, so their
-    task runs are recorded on the server, and none of them starts a private one."""
-    with _dask_cluster(tmp_path, "127.0.0.1", S.free_port()) as address:
+def test_a_run_on_an_existing_scheduler_by_address_whose_workers_lack_the_auth_string(
+    api, run_cli, tmp_path
+):
+    """A scheduler and two workers started by hand, without PREFECT_API_AUTH_STRING (as on
+    other machines), reached as `--cluster [::1]:PORT` (`tcp://127.0.0.1:PORT` without an IPv6
+    loopback): the config accepts the address, the preflight reaches the scheduler, the flow
+    connects to the normalized address and the workers compute the run. Each task carries the
+    run's Prefect settings, auth string included, so their task runs are recorded on the
+    server, and none of them starts a private one."""
+    host, port = _loopback()
+    with _dask_cluster(tmp_path, host, port) as address:
+        cluster = f"[::1]:{port}" if host == "::1" else address
         env = {"PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": AUTH}
-        res = run_cli(*RUN, "--cluster", address, "--out", str(tmp_path / "runs"), env=env)
-    assert res.returncode == 0, res.stdout + res.stderr
+        args = [*RUN, "--cluster", cluster, "-v", "--out", str(tmp_path / "runs")]
+        res = run_cli(*args, env=env)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert f"2 worker(s) of {address}" in res.stderr, out  # the flow's log: the normalized address
+    (summary,) = (tmp_path / "runs").glob("*/summary.json")
+    cfg = load_config("smoke")
+    methods = json.loads(summary.read_text())["methods"]
+    assert {m: methods[m]["n"] for m in cfg.kernels} == dict.fromkeys(cfg.kernels, cfg.trials)
     log = (tmp_path / "dask.log").read_text()
     assert "Starting temporary server" not in log and "Unauthorized" not in log, log[-3000:]
+    assert api in res.stderr and "embedded" not in res.stderr
     _assert_recorded(api, tmp_path / "runs")
