@@ -5,6 +5,7 @@ reused (never about items not computed yet), the hint after a failure, and a who
 output: a few dozen lines."""
 
 import io
+import json
 import logging
 import os
 import sqlite3
@@ -273,7 +274,8 @@ QUICK = ["run", "--preset", "quick", *(a for s in QUICK_SET for a in ("--set", s
 def test_a_quick_run_prints_a_few_dozen_lines(tmp_path, run_cli):
     """Three trials of the quick preset with short trainings and a fault that fires on every
     run: progress lines, the failed trial in one line, the table, the verdict, the paths and
-    what to do, in at most 50 lines; the losses went to the Prefect API. (With -v the console
+    what to do, in at most 50 lines; the losses went to the Prefect API. The same command
+    again fails the same trial again. (With -v the console
     has them too: tests/test_cli.py::test_sigterm_to_the_process_stops_everything reads them.)"""
     home = S.seed_home(tmp_path / "home")
     env = {"PREFECT_HOME": str(home)}
@@ -307,3 +309,15 @@ def test_a_quick_run_prints_a_few_dozen_lines(tmp_path, run_cli):
     assert set(states) == {*names, *results, "aggregate", "trials-0"}  # trials-0: the subflow
     assert states["trial-001"] == "Failed" and states["trial-001/result"] == "UpstreamFailed"
     assert all(v in ("Completed", "Failed", "UpstreamFailed") for v in states.values()), states
+
+    # The fault has no faults.fail_once: the rerun does not take the failed trial as done, it
+    # computes it again and fails it again (exit 1), and records its own flow run.
+    run_dir = tmp_path / "runs" / cfg.run_id
+    res = run_cli(*QUICK, *faults, "--out", str(tmp_path / "runs"), env=env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "3 trial(s), 1 to compute" in res.stderr and " FAILED: InjectedFault" in res.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["failed_trials"] == [1] and summary["methods"]["NTKB1"]["n"] == 2
+    assert "injected fault in trial 1" in summary["failures"][0]["error"]
+    assert len(summary["run"]["flow_runs"]) == 2
+    assert not (run_dir / "trials/001/result.json").exists()

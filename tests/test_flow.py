@@ -97,25 +97,7 @@ def test_smoke_run_fails_one_trial_then_reruns_only_it(faulted_smoke, ui_server,
     assert _summary(run_dir)["run"]["flow_runs"] == flow_runs  # the history survives
 
 
-def test_persistent_failure_keeps_failing(tmp_path, run_cli):
-    """A fault without ``faults.fail_once`` fails its trial on every run: the rerun does not
-    take the failed trial as done, computes it again and fails it again (exit 1 both times).
-    The fault fires before the trial computes anything: one trial on one worker suffices."""
-    out = tmp_path / "runs"
-    sets = ["faults.fail_trials=[0]", "trials=1", "compute.n_workers=1"]
-    args = ["run", "--preset", "smoke", "--kernels-only", "--out", str(out)]
-    args += [a for s in sets for a in ("--set", s)]
-    run_dir = out / load_config("smoke", overrides=[*sets, "networks.enabled=false"]).run_id
-    for runs in (1, 2):
-        res = run_cli(*args)
-        assert res.returncode == 1, res.stdout + res.stderr
-        assert "1 trial(s), 1 to compute" in res.stdout + res.stderr
-        assert "failed" in res.stderr
-        summary = _summary(run_dir)
-        assert summary["failed_trials"] == [0] and summary["methods"]["NTKB1"]["n"] == 0
-        assert "injected fault in trial 0" in summary["failures"][0]["error"]
-        assert len(summary["run"]["flow_runs"]) == runs  # this run's flow run is recorded
-    assert not (run_dir / "trials/000/result.json").exists()
+# A fault that fires on every run fails its trial again on the rerun: tests/test_console.py.
 
 
 def _rerun_in_the_api(api: str, earlier: set, stdout: str) -> None:
