@@ -31,10 +31,6 @@ def has_gpu() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    # The end-to-end tests first: pytest-xdist hands out tests in this order as workers free
-    # up, so the long ones start early and the short ones fill the gaps at the end, instead of
-    # one long test starting last and the other workers idling while it runs.
-    items.sort(key=lambda item: "slow" not in item.keywords)
     if has_gpu():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible on this machine)")

@@ -51,7 +51,11 @@ def _copy_project(dst: Path, src: Path = ROOT) -> Path:
 
 
 def _run(src: Path, out: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(src)}  # only the copy first: its ntkflow is imported
+    from ntkflow.cluster.resources import worker_env
+
+    # only the copy first: its ntkflow is imported; single-threaded math libraries, as on the
+    # cluster's workers, so a baseline built by another xdist worker has the same last bits
+    env = {**os.environ, **worker_env(1), "PYTHONPATH": str(src)}
     proc = subprocess.run(
         [sys.executable, "-c", RUN, str(out), str(src)],
         capture_output=True,

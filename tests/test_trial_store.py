@@ -433,3 +433,35 @@ def test_a_missing_gram_chunk_heals_by_a_rerun_and_by_verify(tmp_path, networks,
     again = trial.run_trial(cfg, store, 0)["methods"]
     assert {m: again[m]["rmse"] for m in ref} == {m: ref[m]["rmse"] for m in ref}
     assert report.verify(cfg, store) == {0: []}
+
+
+def test_data_recomputed_with_other_numbers_recomputes_every_item_computed_from_it(
+    tmp_path, monkeypatch
+):
+    """The data's code changed (its key is stale) and it now gives other numbers (as a data
+    simulated with another BLAS thread count does in its last bits): every record computed
+    from the old data is recomputed in the same run, which then completes, not only the next
+    one (the kernels were judged reusable before the data was replaced)."""
+    import dataclasses
+
+    import ntkflow.trial.data as data_item
+
+    cfg = load_config("smoke", overrides=["trials=1", "kernels=[NTKB1, K1]", *NETS])
+    store = Store(tmp_path)
+    first = trial.run_trial(cfg, store, 0)
+    simulate = data_item.simulate
+
+    def other_numbers(cfg, k):
+        d = simulate(cfg, k)
+        return dataclasses.replace(d, y=d.y * (1 + 1e-12))
+
+    monkeypatch.setattr(data_item, "simulate", other_numbers)
+    monkeypatch.setattr(data_item.DataItem, "code", "a-changed-data-code")
+    store.remove("trials/000/result.json")  # as a change to the networks' code would void it
+    res = trial.run_trial(cfg, store, 0)  # the same run completes
+    sha = trial.load_data(store, 0).info["sha256"]
+    assert res["status"] == "ok" and sha == res["data"]["sha256"] != first["data"]["sha256"]
+    for method in res["methods"]:
+        record = store.read_json(f"trials/000/items/{method}.json")
+        assert record["data_sha256"] == sha, method
+    assert set(res["methods"]) == set(first["methods"])

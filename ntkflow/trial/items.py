@@ -177,11 +177,16 @@ def run(items: list[Item], on_wait=None, before=None) -> tuple[list, str]:
             return [item.stored() for item in items], ELSEWHERE
         if before is not None:
             before()
-        out = []
+        out, computed = [], False
         for item, f in zip(items, found, strict=True):
-            # what an earlier holder finished while this run waited is reused
-            f = f if f is not None else item.stored(quiet=True)
-            out.append(f if f is not None else item.compute())
+            # what an earlier holder finished while this run waited is reused; once an item
+            # was computed here, the later ones are judged again: they may have been computed
+            # from what it replaced (the data, which precedes the kernels)
+            if f is None or computed:
+                f = item.stored(quiet=f is None)
+            if f is None:
+                f, computed = item.compute(), True
+            out.append(f)
         return out, COMPUTED
 
 
