@@ -9,6 +9,7 @@ cluster and therefore runs as the first step of the flow (:func:`probe_write` on
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 
@@ -122,7 +123,12 @@ def probe_read(url: str, token: str, host: str) -> None:
             "or URL every worker and this machine see (a shared filesystem or object storage; "
             "memory:// exists only inside one process)."
         )
-    store.remove(PROBE_DIR)
+    # only this command's probe: a launch of the same run at the same moment may not have read
+    # its own yet; the folder goes once empty (object stores have none)
+    store.remove(rel)
+    if store.local:
+        with contextlib.suppress(OSError):  # another launch's probe is still there, or gone
+            os.rmdir(store.path(PROBE_DIR))
 
 
 def worker_cannot_write(url: str, exc: BaseException) -> PlaceError:

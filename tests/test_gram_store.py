@@ -227,3 +227,23 @@ def test_a_small_group_is_written_with_zarrs_own_bytes(tmp_path, root, request):
     np.testing.assert_array_equal(tt, k(x[:35]))
     np.testing.assert_array_equal(te, k(x[35:], x[:35]))
     assert attrs["complete"]
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_the_store_check_of_one_launch_leaves_a_concurrent_launchs_probe(
+    tmp_path, backend, request
+):
+    """Two launches of the same run check the store at the same moment: each worker writes its
+    probe, and the first command to read its own back removes only that one, so the second
+    still reads its own (it used to remove the whole probe folder: exit 2, "the Dask workers
+    cannot share this store"). Nothing is left once both have read."""
+    from ntkflow import preflight
+
+    url = str(tmp_path) if backend == "local" else request.getfixturevalue("s3_root")
+    store = Store(url)
+    preflight.probe_write(url, "token-a")
+    preflight.probe_write(url, "token-b")
+    preflight.probe_read(url, "token-a", "host-a")
+    preflight.probe_read(url, "token-b", "host-b")  # no PlaceError
+    assert not store.files(preflight.PROBE_DIR)
+    assert backend == "s3" or not (tmp_path / preflight.PROBE_DIR).exists()
