@@ -1,6 +1,7 @@
 """The one reading of a scheduler address (ntkflow.cluster.address): what Dask accepts, read as
-Dask reads it, in the config, the cluster plan and the preflight; `--cluster [::1]:PORT` end to
-end on a real scheduler and two workers on the IPv6 loopback (127.0.0.1 where there is none)."""
+Dask reads it, in the config, the cluster plan and the preflight; the hand-started scheduler and
+workers that tests/test_auth.py runs `--cluster [::1]:PORT` on end to end (on the IPv6
+loopback, 127.0.0.1 where there is none)."""
 
 import contextlib
 import socket

@@ -275,8 +275,8 @@ def test_a_quick_run_prints_a_few_dozen_lines(tmp_path, run_cli):
     """Three trials of the quick preset with short trainings and a fault that fires on every
     run: progress lines, the failed trial in one line, the table, the verdict, the paths and
     what to do, in at most 50 lines; the losses went to the Prefect API. The same command
-    again fails the same trial again. (With -v the console
-    has them too: tests/test_cli.py::test_sigterm_to_the_process_stops_everything reads them.)"""
+    again fails the same trial again. (With -v the console has them too:
+    tests/test_cli.py::test_sigterm_to_the_process_stops_everything reads them.)"""
     home = S.seed_home(tmp_path / "home")
     env = {"PREFECT_HOME": str(home)}
     faults = ["--set", "faults.fail_trials=[1]", "--set", "compute.n_workers=2"]
