@@ -48,6 +48,7 @@ def digest(obj, n: int = 12) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
+@functools.cache
 def _spec(module: str):
     """The module's spec, found without importing it or its parents (``find_spec`` of a dotted
     name imports the parent package: ``ntkflow.train.f`` would import torch); None when there
@@ -81,16 +82,25 @@ def _bounded(module: str) -> bool:
     return any(module == b or module.startswith(b + ".") for b in BOUNDARY)
 
 
-def imported_modules(module: str) -> set[str]:
+def imported_modules(module: str) -> frozenset[str]:
     """The project modules ``module`` imports anywhere in its code (function bodies and
     ``TYPE_CHECKING`` blocks included): ``from a.b import c`` names ``a.b.c`` when that is a
     module, else ``a.b``."""
+    return _syntax(module)[0]
+
+
+@functools.cache
+def _syntax(module: str) -> tuple[frozenset[str], str]:
+    """One parse of the module per process: (:func:`imported_modules`, :func:`normalized`);
+    (empty, "") when it has no Python source. Every item kind's version walks the same shared
+    modules, so each is parsed once, not once per kind."""
     path = _source(module)
     if path is None:
-        return set()
+        return frozenset(), ""
+    tree = ast.parse(path.read_text())
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -102,7 +112,8 @@ def imported_modules(module: str) -> set[str]:
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
                 found.add(sub if _ours(sub) and _source(sub) else base)
-    return {m for m in found if _ours(m) and m != module and _source(m) is not None}
+    imports = frozenset(m for m in found if _ours(m) and m != module and _source(m) is not None)
+    return imports, normalized(tree)
 
 
 @functools.cache
@@ -118,9 +129,9 @@ def code_modules(root: str) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
-def normalized(path: Path) -> str:
-    """The module's syntax tree without docstrings or positions: what its code does."""
-    tree = ast.parse(path.read_text())
+def normalized(tree: ast.Module) -> str:
+    """The module's syntax tree without docstrings or positions: what its code does (``tree``
+    is changed: its docstrings are dropped)."""
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (
@@ -139,8 +150,10 @@ def code_version(root: str) -> str:
     """Version (12 hex digits) of the code computing the items defined in module ``root``."""
     h = hashlib.sha256()
     for module in code_modules(root):
+        if _source(module) is None:
+            raise LookupError(f"no Python source for module {module!r}")
         h.update(module.encode())
-        h.update(normalized(_source(module)).encode())
+        h.update(_syntax(module)[1].encode())
     return h.hexdigest()[:12]
 
 
