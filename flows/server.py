@@ -24,10 +24,19 @@ class EmbeddedAPI:
     def __init__(self):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
+        self.reported = False  # its exit was told in an error already
         self.process = self._start()
 
     def _start(self):
+        """The server's process; its output goes to :attr:`log`, an anonymous temporary file
+        (nothing on disk outlives the command, however it ends): a server stopped at the end
+        of a run may log the requests its stop cancelled (tracebacks on the command's console,
+        after a result or a usage error); what it printed is shown only when it failed
+        (:meth:`output`)."""
         import subprocess
+        import tempfile
+
+        self.log = tempfile.TemporaryFile()
 
         env = {
             **os.environ,
@@ -44,7 +53,19 @@ class EmbeddedAPI:
         args += ["--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
         # its own process group: a Ctrl-C (to the whole foreground group) does not stop it
         # before the command has marked its runs Crashed; the command stops it (flows.signals)
-        return subprocess.Popen([sys.executable, "-c", _UVICORN, *args], env=env, process_group=0)
+        return subprocess.Popen(
+            [sys.executable, "-c", _UVICORN, *args],
+            env=env,
+            process_group=0,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self, lines: int = 20) -> str:
+        """The last ``lines`` lines the server printed, indented, after a newline ("" if none)."""
+        self.log.seek(0)
+        tail = self.log.read().decode(errors="replace").splitlines()[-lines:]
+        return "".join(f"\n  {line}" for line in tail)
 
     def wait(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """Until the server answers /health; RuntimeError if it exits or times out. Until
@@ -62,10 +83,14 @@ class EmbeddedAPI:
                 self.port = _free_port()
                 self.url = os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{self.port}/api"
                 refresh_settings()  # a Prefect imported meanwhile took the first URL
+                self.log.close()
                 self.process = self._start()
                 continue
             if code is not None:
-                raise RuntimeError(f"the embedded Prefect server exited with status {code}")
+                self.reported = True
+                raise RuntimeError(
+                    f"the embedded Prefect server exited with status {code}{self.output()}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=5) as r:
                     if r.status == 200:
@@ -73,20 +98,27 @@ class EmbeddedAPI:
             except (OSError, http.client.HTTPException):
                 pass
             if time.monotonic() > deadline:
+                said = f"the embedded Prefect server did not answer in {timeout} s{self.output()}"
                 self.stop()
-                raise RuntimeError(f"the embedded Prefect server did not answer in {timeout} s")
+                raise RuntimeError(said)
             time.sleep(0.1)
 
     def stop(self) -> None:
-        """Terminate the server, kill it after 5 s; return once it is gone."""
+        """Terminate the server, kill it after 5 s; return once it is gone. A server that had
+        exited by itself is reported (a warning with its status and last lines)."""
         import psutil
 
         from flows.processes import terminate_then_kill
 
-        if self.process.poll() is None:  # not yet reaped: its pid is still its own
+        code = self.process.poll()
+        if code is None:  # not yet reaped: its pid is still its own
             with contextlib.suppress(psutil.NoSuchProcess):
                 terminate_then_kill([psutil.Process(self.process.pid)], grace=5)
+        elif not self.reported:  # it ended by itself during the run
+            said = f"the embedded Prefect server had exited with status {code}{self.output()}"
+            print(f"ntkflow: {said}", file=sys.stderr)
         self.process.wait()
+        self.log.close()
 
 
 # ``python -m uvicorn`` that exits without its last garbage collections (the server is stopped

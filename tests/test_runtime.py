@@ -249,3 +249,64 @@ def test_a_signal_during_prefects_import_marks_nothing_and_imports_nothing(monke
     monkeypatch.setitem(sys.modules, "prefect.context", types.ModuleType("prefect.context"))
     assert crash_command("SIGTERM: interrupted", timeout=1) is None
     assert not hasattr(sys.modules["prefect.context"], "FlowRunContext")
+
+
+# stands in for the server: says it is up, then prints noise when stopped (what uvicorn's
+# shutdown may log: the requests it cancelled), or dies by itself with a last word
+_FAKE_SERVER = """
+import signal, sys, time
+def stopped(*_):
+    print("Traceback (most recent call last): a request cancelled by the stop", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stopped)
+print("up", flush=True)
+if "{mode}" == "dies":
+    print("the database is gone", flush=True)
+    sys.exit(7)
+time.sleep(120)
+"""
+
+
+def _fake_server(monkeypatch, mode: str) -> server.EmbeddedAPI:
+    import time
+
+    monkeypatch.setattr(server, "_UVICORN", _FAKE_SERVER.format(mode=mode))
+    embedded = server.EmbeddedAPI()
+    deadline = time.monotonic() + 60
+    while "up" not in embedded.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if mode == "dies":
+        embedded.process.wait(timeout=60)
+    return embedded
+
+
+def test_what_the_embedded_server_prints_as_it_is_stopped_never_reaches_the_console(
+    monkeypatch, capfd
+):
+    embedded = _fake_server(monkeypatch, "stopped")
+    embedded.stop()
+    assert embedded.process.returncode == 0  # it printed its noise and exited
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err and "up" not in out + err
+
+
+def test_an_embedded_server_that_dies_during_the_run_is_told_with_its_last_lines(
+    monkeypatch, capfd
+):
+    embedded = _fake_server(monkeypatch, "dies")
+    embedded.stop()
+    err = capfd.readouterr().err
+    assert "the embedded Prefect server had exited with status 7" in err
+    assert "the database is gone" in err
+
+
+def test_an_embedded_server_that_exits_at_its_start_is_an_error_with_its_last_lines(
+    monkeypatch, capfd
+):
+    import pytest
+
+    embedded = _fake_server(monkeypatch, "dies")
+    with pytest.raises(RuntimeError, match="exited with status 7(.|\n)*the database is gone"):
+        embedded.wait(timeout=60)
+    embedded.stop()  # told once: in the error
+    assert "had exited" not in capfd.readouterr().err
