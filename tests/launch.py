@@ -104,6 +104,20 @@ def kill_tree(proc: subprocess.Popen) -> int:
     return len(tree)
 
 
+def survivors(tree: list[psutil.Process], timeout: float = 30) -> list[tuple[int, list[str]]]:
+    """The processes of ``tree`` (a command's descendants, taken while it ran) still alive
+    after ``timeout`` seconds, zombies aside: ``(pid, cmdline)`` each; [] when none is left."""
+    _, alive = psutil.wait_procs(tree, timeout=timeout)
+    left = []
+    for p in alive:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                left.append((p.pid, p.cmdline()))
+        except psutil.NoSuchProcess:  # gone since
+            pass
+    return left
+
+
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 

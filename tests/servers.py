@@ -32,6 +32,56 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def loopback() -> tuple[str, int]:
+    """Host and free port for a hand-started scheduler: the IPv6 loopback where this machine
+    has one, else 127.0.0.1 (a run on an existing cluster is then still tested, only the
+    IPv6 reading of the address is not)."""
+    if socket.has_ipv6:
+        with contextlib.suppress(OSError):  # no IPv6 loopback here
+            with socket.socket(socket.AF_INET6) as s:
+                s.bind(("::1", 0))
+                return "::1", s.getsockname()[1]
+    return "127.0.0.1", free_port()
+
+
+@contextlib.contextmanager
+def dask_cluster(workdir: Path, host: str, port: int):
+    """`dask scheduler` on host:port and `dask worker --nworkers 2` of it, as a user starts
+    them (a Prefect home of their own, as workers elsewhere have, and no Prefect API), until
+    both workers answer; their output goes to workdir/dask.log. Yields the scheduler's
+    address."""
+    from distributed import Client
+
+    env = base_env(workdir / "worker-home", seeded=False)
+    dask = Path(sys.executable).parent / "dask"
+    log = (workdir / "dask.log").open("w")
+    bracketed = f"[{host}]" if ":" in host else host
+    address = f"tcp://{bracketed}:{port}"
+    commands = [
+        [dask, "scheduler", "--host", bracketed, "--port", port, "--dashboard-address", ":0"],
+        [dask, "worker", address, "--nworkers", 2, "--nthreads", 1, "--no-dashboard"],
+    ]
+    procs = []
+    try:
+        for cmd in commands:
+            procs.append(
+                subprocess.Popen(
+                    [str(c) for c in cmd],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # stopped as a group (servers.stop)
+                )
+            )
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for p in reversed(procs):
+            stop(p)
+        log.close()
+
+
 def postgres_bindir() -> Path | None:
     """The directory holding initdb and pg_ctl, or None when PostgreSQL is not installed."""
     found = shutil.which("initdb")

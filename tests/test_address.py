@@ -3,16 +3,10 @@ Dask reads it, in the config, the cluster plan and the preflight; the hand-start
 workers that tests/test_auth.py runs `--cluster [::1]:PORT` on end to end (on the IPv6
 loopback, 127.0.0.1 where there is none)."""
 
-import contextlib
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from distributed.comm.addressing import parse_address as dask_parse_address
 from distributed.comm.addressing import parse_host_port
-from servers import base_env, stop
+from servers import free_port
 
 from ntkflow.cluster.address import SCHEMES, parse_address
 from ntkflow.cluster.errors import ClusterError
@@ -100,64 +94,9 @@ def test_the_config_and_the_plan_read_addresses_alike():
 
 
 def test_preflight_connects_to_the_normalized_address():
-    port = _free_port(socket.AF_INET)  # nothing listens there
+    port = free_port()  # nothing listens there
     with pytest.raises(PlaceError, match=rf"--cluster 127.0.0.1:{port} \(tcp://127.0.0.1:{port}\)"):
         check_cluster(f"127.0.0.1:{port}", 1)
-
-
-def _free_port(family=socket.AF_INET6) -> int:
-    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
-    with socket.socket(family) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _loopback() -> tuple[str, int]:
-    """Host and free port for a hand-started scheduler: the IPv6 loopback where this machine
-    has one, else 127.0.0.1 (a run on an existing cluster is then still tested, only the
-    IPv6 reading of the address is not)."""
-    if socket.has_ipv6:
-        with contextlib.suppress(OSError):  # no IPv6 loopback here
-            return "::1", _free_port(socket.AF_INET6)
-    return "127.0.0.1", _free_port(socket.AF_INET)
-
-
-@contextlib.contextmanager
-def _dask_cluster(workdir: Path, host: str, port: int):
-    """`dask scheduler` on host:port and `dask worker --nworkers 2` of it, as a user starts
-    them (a Prefect home of their own, as workers elsewhere have, and no Prefect API), until
-    both workers answer; their output goes to workdir/dask.log. Yields the scheduler's
-    address."""
-    from distributed import Client
-
-    env = base_env(workdir / "worker-home", seeded=False)
-    dask = Path(sys.executable).parent / "dask"
-    log = (workdir / "dask.log").open("w")
-    bracketed = f"[{host}]" if ":" in host else host
-    address = f"tcp://{bracketed}:{port}"
-    commands = [
-        [dask, "scheduler", "--host", bracketed, "--port", port, "--dashboard-address", ":0"],
-        [dask, "worker", address, "--nworkers", 2, "--nthreads", 1, "--no-dashboard"],
-    ]
-    procs = []
-    try:
-        for cmd in commands:
-            procs.append(
-                subprocess.Popen(
-                    [str(c) for c in cmd],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # stopped as a group (servers.stop)
-                )
-            )
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(2, timeout=120)
-        yield address
-    finally:
-        for p in reversed(procs):
-            stop(p)
-        log.close()
 
 
 # A run on a scheduler started by hand, reached by its address (IPv6 where there is a loopback):

@@ -10,7 +10,6 @@ import urllib.error
 
 import pytest
 import servers as S
-from test_address import _dask_cluster, _loopback
 
 from ntkflow.config.presets import load_config
 
@@ -88,8 +87,8 @@ def test_a_run_on_an_existing_scheduler_by_address_whose_workers_lack_the_auth_s
     connects to the normalized address and the workers compute the run. Each task carries the
     run's Prefect settings, auth string included, so their task runs are recorded on the
     server, and none of them starts a private one."""
-    host, port = _loopback()
-    with _dask_cluster(tmp_path, host, port) as address:
+    host, port = S.loopback()
+    with S.dask_cluster(tmp_path, host, port) as address:
         cluster = f"[::1]:{port}" if host == "::1" else address
         env = {"PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": AUTH}
         args = [*RUN, "--cluster", cluster, "-v", "--out", str(tmp_path / "runs")]

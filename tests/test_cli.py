@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from launch import survivors
 
 from ntkflow.config.presets import load_config
 
@@ -418,9 +419,7 @@ def test_sigterm_to_the_process_stops_everything(tmp_path, prefect_home):
         assert took < 20, (took, out[-3000:])
         assert "interrupted; rerun to resume" in out
         # the watchdog, spared by the handler, ends once it has cancelled the run's batch jobs
-        _, survivors = psutil.wait_procs(tree, timeout=30)
-        survivors = [p for p in survivors if p.status() != psutil.STATUS_ZOMBIE]
-        assert survivors == [], [(p.pid, p.cmdline()) for p in survivors]
+        assert survivors(tree) == []
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -441,9 +440,7 @@ def test_sigkill_leaves_nothing_running(tmp_path, prefect_home):
         assert len(tree) >= 4  # the watchdog, the server and the workers
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        _, survivors = psutil.wait_procs(tree, timeout=15)
-        survivors = [p for p in survivors if p.status() != psutil.STATUS_ZOMBIE]
-        assert survivors == [], [(p.pid, p.cmdline()) for p in survivors]
+        assert survivors(tree, timeout=15) == []
     finally:
         for p in tree:  # nothing of this test may linger, whatever happened
             with contextlib.suppress(psutil.Error):

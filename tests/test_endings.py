@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 import servers as S
+from launch import survivors
 
 from ntkflow.config.presets import load_config
 
@@ -175,9 +176,7 @@ def test_a_signal_during_training_ends_every_run_of_the_command(
         assert took < 20, (took, "".join(err)[-3000:])  # within seconds, on a loaded machine
         psutil.wait_procs(dog, timeout=30)  # the watchdog ends after its own clean-up
         # no process the command started (API server, nannies, workers, watchdog) survives
-        _, survivors = psutil.wait_procs(tree, timeout=30)
-        survivors = [p for p in survivors if p.status() != psutil.STATUS_ZOMBIE]
-        assert survivors == [], [(p.pid, p.cmdline()) for p in survivors]
+        assert survivors(tree) == []
         time.sleep(10)  # what the UI shows once everything has settled
     finally:
         if proc.poll() is None:
