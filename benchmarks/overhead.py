@@ -160,7 +160,7 @@ def _new_home(home: str) -> float:
     SQLite database (once per machine and PREFECT_HOME, then every start skips it)."""
     env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
-    code = "from flows.server import EmbeddedAPI as E; s = E(); s.wait(); s.stop()"
+    code = "from flows.embedded import EmbeddedAPI as E; s = E(); s.wait(); s.stop()"
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True)
     return time.perf_counter() - t0

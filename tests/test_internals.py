@@ -86,7 +86,7 @@ def test_another_prefect_version_leaves_the_flow_run_context_alone(
     from prefect import flow
     from prefect.context import FlowRunContext
 
-    from flows.server import EmbeddedAPI
+    from flows.embedded import EmbeddedAPI
 
     monkeypatch.setenv("PREFECT_HOME", str(prefect_home))
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

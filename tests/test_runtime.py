@@ -1,4 +1,5 @@
-"""flows.internals and flows.server: what tasks are shipped with, and the embedded API's start."""
+"""flows.internals, flows.server and flows.embedded: what tasks are shipped with, and the embedded
+API's start and stop."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from prefect import tags
 from prefect.context import SettingsContext, TagsContext, hydrated_context, serialize_context
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
+from flows import embedded as server_process
 from flows import internals, server
 from flows.internals import lean_tasks
 
@@ -70,11 +72,11 @@ def test_the_embedded_api_starts_on_another_port_when_its_port_is_taken(prefect_
 
     threading.Thread(target=speak_dask, daemon=True).start()
     ports = iter([taken.getsockname()[1]])
-    free = server._free_port
-    monkeypatch.setattr(server, "_free_port", lambda: next(ports, None) or free())
+    free = server_process._free_port
+    monkeypatch.setattr(server_process, "_free_port", lambda: next(ports, None) or free())
     monkeypatch.setenv("PREFECT_HOME", str(prefect_home))
     monkeypatch.setenv("PREFECT_API_URL", "")  # wait() exports the new port's URL
-    embedded = server.EmbeddedAPI()
+    embedded = server_process.EmbeddedAPI()
     try:
         embedded.wait(timeout=300)
         assert embedded.port != taken.getsockname()[1]
@@ -100,7 +102,7 @@ def test_lean_tasks_ship_the_flow_run_as_the_objects_it_holds(prefect_home, monk
 
     monkeypatch.setenv("PREFECT_HOME", str(prefect_home))
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    embedded = server.EmbeddedAPI()
+    embedded = server_process.EmbeddedAPI()
 
     @flow
     def a_flow(cfg: dict, k: int):
@@ -267,11 +269,11 @@ time.sleep(120)
 """
 
 
-def _fake_server(monkeypatch, mode: str) -> server.EmbeddedAPI:
+def _fake_server(monkeypatch, mode: str) -> server_process.EmbeddedAPI:
     import time
 
-    monkeypatch.setattr(server, "_UVICORN", _FAKE_SERVER.format(mode=mode))
-    embedded = server.EmbeddedAPI()
+    monkeypatch.setattr(server_process, "_UVICORN", _FAKE_SERVER.format(mode=mode))
+    embedded = server_process.EmbeddedAPI()
     deadline = time.monotonic() + 60
     while "up" not in embedded.output() and time.monotonic() < deadline:
         time.sleep(0.05)
