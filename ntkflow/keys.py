@@ -148,10 +148,10 @@ def normalized(tree: ast.Module) -> str:
 @functools.cache
 def code_version(root: str) -> str:
     """Version (12 hex digits) of the code computing the items defined in module ``root``."""
+    if _source(root) is None:  # the modules it imports are found by their sources
+        raise LookupError(f"no Python source for module {root!r}")
     h = hashlib.sha256()
     for module in code_modules(root):
-        if _source(module) is None:
-            raise LookupError(f"no Python source for module {module!r}")
         h.update(module.encode())
         h.update(_syntax(module)[1].encode())
     return h.hexdigest()[:12]

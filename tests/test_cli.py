@@ -9,7 +9,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,18 +19,13 @@ from pathlib import Path
 import psutil
 import pytest
 from launch import survivors
+from servers import free_port
 
 from ntkflow.config.presets import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS_ONLY = ["run", "--preset", "smoke", "--kernels-only"]
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # what the console script may take over
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ntkflow_in_process(capsys, *argv: str) -> subprocess.CompletedProcess:
@@ -141,7 +135,7 @@ def test_out_read_only_folder(tmp_path, capsys):
 def test_unreachable_cluster_fails_fast(tmp_path, capsys):
     assert load_config().compute.connect_timeout <= 10  # the default wait is short
     out = tmp_path / "runs"
-    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
     t0 = time.monotonic()
     res = ntkflow_in_process(
         capsys,

@@ -8,6 +8,7 @@ import socket
 import threading
 import urllib.request
 
+import pytest
 from prefect import tags
 from prefect.context import SettingsContext, TagsContext, hydrated_context, serialize_context
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
@@ -305,8 +306,6 @@ def test_an_embedded_server_that_dies_during_the_run_is_told_with_its_last_lines
 def test_an_embedded_server_that_exits_at_its_start_is_an_error_with_its_last_lines(
     monkeypatch, capfd
 ):
-    import pytest
-
     embedded = _fake_server(monkeypatch, "dies")
     with pytest.raises(RuntimeError, match="exited with status 7(.|\n)*the database is gone"):
         embedded.wait(timeout=60)
