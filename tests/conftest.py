@@ -1,3 +1,4 @@
+import contextlib
 import hashlib
 import json
 import os
@@ -171,3 +172,34 @@ def slurm_env(tmp_path_factory):
             yield env
         finally:
             os.environ.pop("SLURM_CONF", None)
+
+
+def _needs_prefect(item) -> bool:
+    """Whether a test starts a Prefect server or a command with a Prefect home of its own
+    (through the fixtures or the helpers of tests/servers.py and tests/launch.py)."""
+    if {"prefect_home", "run_cli", "ui_server"} & set(item.fixturenames):
+        return True
+    names = ("servers", "launch")
+    return any(
+        getattr(v, "__name__", None) in names or getattr(v, "__module__", None) in names
+        for v in vars(item.module).values()
+    )
+
+
+def pytest_collection_finish(session):
+    """As the session starts, the migrated Prefect database (servers.template_db) is made in the
+    background when a collected test needs it: ready by the time the first such test asks, not
+    made then while the test waits (~20 s of a fast run's 90). Its file lock lets one process
+    make it; a failure here is the asking test's to report (it makes it again)."""
+    import threading
+
+    if not any(_needs_prefect(item) for item in session.items):
+        return
+
+    def make():
+        from servers import template_db
+
+        with contextlib.suppress(BaseException):
+            template_db()
+
+    threading.Thread(target=make, name="template-db", daemon=True).start()
