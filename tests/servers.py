@@ -174,7 +174,7 @@ def template_db() -> Path:
     Prefect's own `prefect server database upgrade`: the tables an embedded server of a fresh
     home migrates to before its first run, and no more (no block types: the embedded server
     registers none, and `prefect server start` registers them itself, on any database). It
-    costs half the CPU of a server started and stopped (11 vs 20 s here)."""
+    costs half the CPU of a server started and stopped (11 vs 20 CPU-s here)."""
     import fcntl
     import sqlite3
 
