@@ -26,6 +26,7 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import json
+import threading
 from pathlib import Path
 
 PROJECT = ("ntkflow",)  # top-level packages whose modules are versioned
@@ -89,6 +90,9 @@ def imported_modules(module: str) -> frozenset[str]:
     return _syntax(module)[0]
 
 
+_PARSING = threading.Lock()
+
+
 @functools.cache
 def _syntax(module: str) -> tuple[frozenset[str], str]:
     """One parse of the module per process: (:func:`imported_modules`, :func:`normalized`);
@@ -97,7 +101,9 @@ def _syntax(module: str) -> tuple[frozenset[str], str]:
     path = _source(module)
     if path is None:
         return frozenset(), ""
-    tree = ast.parse(path.read_text())
+    with _PARSING:  # CPython 3.11's AST conversion is not thread-safe (SystemError: "AST
+        # constructor recursion depth mismatch", seen in a flow run): one parse at a time
+        tree = ast.parse(path.read_text())
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(tree):
