@@ -123,6 +123,17 @@ def ui_server(tmp_path_factory):
         yield api.removesuffix("/api")
 
 
+@pytest.fixture(scope="session")
+def shared_api(shared_dir):
+    """The API URL of the pytest run's one shared `prefect server` (SQLite, no UI), for the
+    end-to-end tests whose subject is not the embedded API (``servers.shared_api``): started
+    by the first xdist worker that asks, stopped once the pytest run is gone."""
+    from servers import shared_api
+
+    owner = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+    return shared_api(shared_dir / "shared-api", owner)
+
+
 SMOKE_STORY = ["--preset", "smoke", "--set", "compute.n_workers=2"]
 SMOKE_FAULT = ["--set", "faults.fail_trials=[1]", "--set", "faults.fail_once=true"]
 
@@ -187,7 +198,7 @@ def slurm_env(tmp_path_factory):
 def _needs_prefect(item) -> bool:
     """Whether a test starts a Prefect server or a command with a Prefect home of its own
     (through the fixtures or the helpers of tests/servers.py and tests/launch.py)."""
-    if {"prefect_home", "run_cli", "ui_server"} & set(item.fixturenames):
+    if {"prefect_home", "run_cli", "ui_server", "shared_api"} & set(item.fixturenames):
         return True
     names = ("servers", "launch")
     return any(

@@ -61,8 +61,9 @@ def reference_table(once, overrides: list[str]) -> dict:
     return json.loads((once("reference", overrides, build) / "methods.json").read_text())
 
 
-def launch(args, log: Path, home: Path, env=None) -> subprocess.Popen:
-    """`ntkflow ARGS` with its own PREFECT_HOME (embedded API), output to ``log``."""
+def launch(args, log: Path, home: Path, env=None, api: str | None = None) -> subprocess.Popen:
+    """`ntkflow ARGS` with its own PREFECT_HOME, output to ``log``: on its embedded API, or on
+    the Prefect API at ``api`` (the shared server of the ``shared_api`` fixture)."""
     from servers import seed_home
 
     seed_home(home)
@@ -74,6 +75,8 @@ def launch(args, log: Path, home: Path, env=None) -> subprocess.Popen:
         **(env or {}),
     }
     full.pop("PREFECT_API_URL", None)
+    if api:
+        full["PREFECT_API_URL"] = api
     return subprocess.Popen(
         [sys.executable, "-m", "flows.cli", *args],
         cwd=ROOT,

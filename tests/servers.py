@@ -265,6 +265,67 @@ def prefect_server(
             log.close()
 
 
+def shared_api(folder: Path, owner: int, timeout: float = 300) -> str:
+    """The API URL of one `prefect server start` (SQLite, no UI) that every xdist worker of a
+    pytest run shares, for the end-to-end tests whose subject is not the embedded API (the
+    store, leases, Slurm, S3, sweeps): their commands then report to a server that is already
+    up and warm instead of booting an embedded one each (~8 CPU-s a command). The first
+    worker to ask starts it under ``folder``, in a process that stops it once the process
+    ``owner`` (the pytest run: xdist's controller) is gone; the others wait for its URL."""
+    from filelock import FileLock
+
+    url_file, log_path = folder / "api-url", folder / "keeper.log"
+    with FileLock(f"{folder}.lock"):
+        folder.mkdir(exist_ok=True)
+        if not url_file.exists():
+            keeper = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _KEEPER,
+                    str(Path(__file__).parent),
+                    str(folder),
+                    str(owner),
+                ],
+                stdout=log_path.open("w"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # not in a test's process group, which a test may kill
+            )
+            deadline = time.monotonic() + timeout
+            while not url_file.exists():
+                if keeper.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "the shared prefect server did not start:\n" + log_path.read_text()[-3000:]
+                    )
+                time.sleep(0.2)
+    return url_file.read_text()
+
+
+# The keeper of the shared server (shared_api): serves until its owner is gone.
+_KEEPER = """
+import os, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import servers
+folder, owner = Path(sys.argv[2]), int(sys.argv[3])
+with servers.prefect_server(folder) as api:
+    (folder / "api-url.tmp").write_text(api)
+    (folder / "api-url.tmp").rename(folder / "api-url")
+    while servers.pid_alive(owner):
+        time.sleep(1)
+"""
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _wait_http(url, proc, log, log_path: Path, timeout: float, name: str, interval=1.0):
     """Wait until ``url`` answers; RuntimeError with the log's tail if ``proc`` dies first or
     ``timeout`` seconds pass. An answer that is not HTTP (another program on the port) is no

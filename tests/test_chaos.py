@@ -21,9 +21,9 @@ RUN_ID = load_config("smoke", overrides=[*SETS, "networks.enabled=false"]).run_i
 KILLS = 5
 
 
-def _launch_until(out, log, home, stop, env=None):
+def _launch_until(out, log, home, stop, api=None):
     """Launch; poll until ``stop(elapsed since the work started)`` or the command ends."""
-    proc = launch([*ARGS, "--out", str(out)], log, home, env)
+    proc = launch([*ARGS, "--out", str(out)], log, home, api=api)
     started = None
     while proc.poll() is None:
         if started is None and (out / RUN_ID / "trials").exists():
@@ -42,9 +42,10 @@ assert sum(f < 1 for f in FRACTIONS) >= 3, "most kills must hit a running comman
 
 
 @pytest.fixture
-def reference(once):
+def reference(once, shared_api):
     """The uninterrupted run: its summary and its work span, computed once per session for every
-    xdist worker (``once``: the first one runs it, the others read it)."""
+    xdist worker (``once``: the first one runs it, the others read it), on the shared Prefect
+    server (what is killed below is a command with its embedded server, as a user runs it)."""
 
     def build(shared):
         ref, last = shared / "ref", [0.0]
@@ -54,7 +55,7 @@ def reference(once):
                 last[0] = t
             return False
 
-        proc, _ = _launch_until(ref, shared / "ref.log", shared / "home", watch)
+        proc, _ = _launch_until(ref, shared / "ref.log", shared / "home", watch, shared_api)
         assert proc.returncode == 0, (shared / "ref.log").read_text()
         payload = {"work": last[0], "methods": summary(ref / RUN_ID)["methods"]}
         (shared / "reference.json").write_text(json.dumps(payload))
@@ -98,14 +99,14 @@ def test_sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_summary(
     assert rep.verify(cfg, Store(run_dir)) == {k: [] for k in range(4)}
 
 
-def test_lease_of_a_killed_run_is_taken_over_after_it_expires(tmp_path):
+def test_lease_of_a_killed_run_is_taken_over_after_it_expires(tmp_path, shared_api):
     home = tmp_path / "prefect-home"
     big = [*SETS, "data.n_obs=1200", "networks.enabled=false"]  # trials long enough to catch
     out, run_dir = tmp_path / "runs", tmp_path / "runs" / load_config("smoke", overrides=big).run_id
     ttl = 15.0
     env = {"NTKFLOW_HOST_ID": "host-a"}
     args = [*ARGS, "--set", f"compute.lease_seconds={ttl}", "--set", "data.n_obs=1200"]
-    proc = launch([*args, "--out", str(out)], tmp_path / "a.log", home, env)
+    proc = launch([*args, "--out", str(out)], tmp_path / "a.log", home, env, api=shared_api)
     store = Store(run_dir)
     held = None
     while proc.poll() is None and held is None:
@@ -122,9 +123,8 @@ def test_lease_of_a_killed_run_is_taken_over_after_it_expires(tmp_path):
     trial = lease_file.parents[2]
     assert not (trial / "result.json").exists()
     # another host cannot tell that the holder died: it must wait for the expiry
-    proc = launch(
-        [*args, "--out", str(out)], tmp_path / "b.log", home, {"NTKFLOW_HOST_ID": "host-b"}
-    )
+    env = {"NTKFLOW_HOST_ID": "host-b"}
+    proc = launch([*args, "--out", str(out)], tmp_path / "b.log", home, env, api=shared_api)
     proc.wait(timeout=600)
     assert proc.returncode == 0, (tmp_path / "b.log").read_text()
     finished_at = time.time()

@@ -294,10 +294,11 @@ def test_every_option_has_a_help_line_and_sweep_offers_no_kernels_only():
 
 
 @pytest.mark.slow
-def test_store_the_workers_cannot_see(run_cli):
+def test_store_the_workers_cannot_see(run_cli, shared_api):
     """memory:// lives inside one process: the worker processes' writes are invisible to the
     flow, so the run stops before any work with one clear error (not "FAILED: None")."""
-    res = run_cli(*KERNELS_ONLY, "--set", "compute.n_workers=2", "--out", "memory://ntkflow-x")
+    args = [*KERNELS_ONLY, "--set", "compute.n_workers=2", "--out", "memory://ntkflow-x"]
+    res = run_cli(*args, env={"PREFECT_API_URL": shared_api})
     _usage_error(res, "--out memory://", "the Dask workers cannot share this store with the flow")
     assert "None" not in res.stderr and "Traceback" not in res.stderr
     assert "trial-000" not in res.stdout + res.stderr  # no trial was started

@@ -145,7 +145,7 @@ def test_a_holder_that_was_taken_over_notices(store):
 
 
 # ---- concurrent launches of the real command ----------------------------------------------------
-def _launch_together(tmp_path, n, sets):
+def _launch_together(tmp_path, n, sets, api):
     from launch import launch, summary
 
     from ntkflow.config.presets import load_config
@@ -154,7 +154,12 @@ def _launch_together(tmp_path, n, sets):
     out = tmp_path / "runs"
     run_dir = out / load_config("smoke", overrides=[*sets, "networks.enabled=false"]).run_id
     procs = [
-        launch([*args, "--out", str(out)], tmp_path / f"launch-{i}.log", tmp_path / f"home-{i}")
+        launch(
+            [*args, "--out", str(out)],
+            tmp_path / f"launch-{i}.log",
+            tmp_path / f"home-{i}",
+            api=api,
+        )
         for i in range(n)
     ]
     for p in procs:
@@ -174,7 +179,7 @@ def _launch_together(tmp_path, n, sets):
     print(f"{n} launches: exit codes 0; trials finished by another run, per launch: {elsewhere}")
 
     items = {p: p.stat().st_mtime_ns for p in run_dir.glob("trials/*/items/*.json")}
-    again = launch([*args, "--out", str(out)], tmp_path / "rerun.log", tmp_path / "home-0")
+    again = launch([*args, "--out", str(out)], tmp_path / "rerun.log", tmp_path / "home-0", api=api)
     again.wait(timeout=600)
     log = (tmp_path / "rerun.log").read_text()
     assert again.returncode == 0 and f"{trials} trial(s), 0 to compute" in log, log
@@ -184,8 +189,8 @@ def _launch_together(tmp_path, n, sets):
 
 
 @pytest.mark.slow
-def test_three_launches_at_the_same_moment(tmp_path):
+def test_three_launches_at_the_same_moment(tmp_path, shared_api):
     """Every check holds for each of the three launches, so this also proves what two launches
     must do (test_two_launches_at_the_same_moment ran the same checks with two launches of 16
     trials of 800 rows, at more than twice this test's cost)."""
-    _launch_together(tmp_path, 3, ["trials=6", "data.n_obs=300"])
+    _launch_together(tmp_path, 3, ["trials=6", "data.n_obs=300"], shared_api)

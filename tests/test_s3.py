@@ -40,9 +40,14 @@ def _leftovers(store: Store) -> list[str]:
 
 
 @pytest.mark.slow
-def test_two_launches_then_rerun_verify_report_on_s3(tmp_path, s3_root, reference):
+def test_two_launches_then_rerun_verify_report_on_s3(tmp_path, s3_root, reference, shared_api):
     procs = [
-        launch([*ARGS, "--out", s3_root], tmp_path / f"launch-{i}.log", tmp_path / f"home-{i}")
+        launch(
+            [*ARGS, "--out", s3_root],
+            tmp_path / f"launch-{i}.log",
+            tmp_path / f"home-{i}",
+            api=shared_api,
+        )
         for i in range(2)
     ]
     for p in procs:
@@ -55,7 +60,9 @@ def test_two_launches_then_rerun_verify_report_on_s3(tmp_path, s3_root, referenc
     assert tables[0] == tables[1]
 
     items = {f for f in run.files("trials") if "/items/" in f}
-    again = launch([*ARGS, "--out", s3_root], tmp_path / "rerun.log", tmp_path / "home-0")
+    again = launch(
+        [*ARGS, "--out", s3_root], tmp_path / "rerun.log", tmp_path / "home-0", api=shared_api
+    )
     again.wait(timeout=600)
     log = (tmp_path / "rerun.log").read_text()
     assert again.returncode == 0 and f"{CFG.trials} trial(s), 0 to compute" in log, log

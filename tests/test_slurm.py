@@ -39,10 +39,13 @@ def _queue_empties(timeout: float = 20.0) -> list[str]:
     return left
 
 
-def test_the_shipped_gpu_spec_runs_on_slurm_with_the_local_numbers(slurm_env, tmp_path, once):
+def test_the_shipped_gpu_spec_runs_on_slurm_with_the_local_numbers(
+    slurm_env, tmp_path, once, shared_api
+):
     spec = _spec(tmp_path)
     log = tmp_path / "run.log"
-    proc = launch([*ARGS, "--cluster", str(spec), "--out", str(tmp_path / "runs")], log, tmp_path)
+    args = [*ARGS, "--cluster", str(spec), "--out", str(tmp_path / "runs")]
+    proc = launch(args, log, tmp_path, api=shared_api)
     proc.wait(timeout=600)
     out = log.read_text()
     assert proc.returncode == 0, out
@@ -67,21 +70,18 @@ def test_the_shipped_gpu_spec_runs_on_slurm_with_the_local_numbers(slurm_env, tm
 
     # nothing to compute: no job is submitted (no cluster starts), the logs stay as they were
     logs = sorted(p.name for p in (tmp_path / "spec-logs").iterdir())
-    again = launch(
-        [*ARGS, "--cluster", str(spec), "--out", str(tmp_path / "runs")],
-        tmp_path / "re.log",
-        tmp_path,
-    )
+    again = launch(args, tmp_path / "re.log", tmp_path, api=shared_api)
     again.wait(timeout=300)
     assert again.returncode == 0 and "0 to compute" in (tmp_path / "re.log").read_text()
     assert sorted(p.name for p in (tmp_path / "spec-logs").iterdir()) == logs
 
 
-def test_a_job_slurm_refuses_fails_the_run_at_once_with_sbatchs_message(slurm_env, tmp_path):
+def test_a_job_slurm_refuses_fails_the_run_at_once_with_sbatchs_message(
+    slurm_env, tmp_path, shared_api
+):
     spec = _spec(tmp_path, job_extra_directives=["--gres=gpux:1"])
-    proc = launch(
-        [*ARGS, "--cluster", str(spec), "--out", str(tmp_path / "runs")], tmp_path / "l", tmp_path
-    )
+    args = [*ARGS, "--cluster", str(spec), "--out", str(tmp_path / "runs")]
+    proc = launch(args, tmp_path / "l", tmp_path, api=shared_api)
     proc.wait(timeout=300)
     out = (tmp_path / "l").read_text()
     assert proc.returncode == 2, out
@@ -90,10 +90,12 @@ def test_a_job_slurm_refuses_fails_the_run_at_once_with_sbatchs_message(slurm_en
     assert _queue() == []
 
 
-def test_a_job_still_pending_after_the_start_timeout_stops_the_run(slurm_env, tmp_path):
+def test_a_job_still_pending_after_the_start_timeout_stops_the_run(slurm_env, tmp_path, shared_api):
     spec = _spec(tmp_path, job_extra_directives=["--gres=gpu:1", "--begin=now+3600"])
     args = [*ARGS, "--set", "compute.start_timeout=8", "--cluster", str(spec)]
-    proc = launch([*args, "--out", str(tmp_path / "runs")], tmp_path / "l", tmp_path)
+    proc = launch(
+        [*args, "--out", str(tmp_path / "runs")], tmp_path / "l", tmp_path, api=shared_api
+    )
     proc.wait(timeout=300)
     out = (tmp_path / "l").read_text()
     assert proc.returncode == 2, out
@@ -126,15 +128,14 @@ def test_sigterm_cancels_every_job_of_the_run_before_it_exits(slurm_env, tmp_pat
 
 
 def test_a_busy_worker_cancelled_by_scancel_is_replaced_with_the_same_numbers(
-    slurm_env, tmp_path, once
+    slurm_env, tmp_path, once, shared_api
 ):
     spec = _spec(tmp_path)
     spec.write_text(spec.read_text().replace("maximum: 2", "maximum: 1"))  # one job at a time
     sets = [*SETS, "networks.epochs=[600]"]
     args = ["run", "--preset", "smoke", *[a for s in sets for a in ("--set", s)]]
-    proc = launch(
-        [*args, "--cluster", str(spec), "--out", str(tmp_path / "runs")], tmp_path / "l", tmp_path
-    )
+    args += ["--cluster", str(spec), "--out", str(tmp_path / "runs")]
+    proc = launch(args, tmp_path / "l", tmp_path, api=shared_api)
     deadline = time.monotonic() + 300
     while not list((tmp_path / "runs").glob("*/trials/*/items/K1.json")):
         assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "l").read_text()

@@ -146,7 +146,9 @@ def _mtimes(run: Path, pattern: str) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_a_two_key_grid_shares_grams_and_reruns_only_the_failed_point(run_cli, tmp_path):
+def test_a_two_key_grid_shares_grams_and_reruns_only_the_failed_point(
+    run_cli, tmp_path, shared_api
+):
     """A width × learning-rate grid (--widths is short for --vary networks.width) at smoke size:
     one Gram per kernel per trial whatever the grid, and after an injected failure of one grid
     point the rerun computes that point (network and predictors) and nothing else."""
@@ -156,7 +158,8 @@ def test_a_two_key_grid_shares_grams_and_reruns_only_the_failed_point(run_cli, t
     args += ["--set", "networks.depths=[1]", "--set", "networks.epochs=[3]"]  # the grid is tested
     failed = "NN1@width=32,lr=0.02"
     faults = ["--set", f"faults.fail_networks=['1/{failed}']", "--set", "faults.fail_once=true"]
-    r = run_cli(*args, *faults)
+    api = {"PREFECT_API_URL": shared_api}
+    r = run_cli(*args, *faults, env=api)
     assert r.returncode == 1, r.stderr  # trial 1 failed
     (run,) = [p for p in out.iterdir() if p.is_dir()]
     assert f"trial-001/train/{failed}" in r.stdout + r.stderr
@@ -173,7 +176,9 @@ def test_a_two_key_grid_shares_grams_and_reruns_only_the_failed_point(run_cli, t
     before = _mtimes(run, "trials/*/items/*.json") | _mtimes(run, "trials/*/gram/*/zarr.json")
     before |= _mtimes(run, "trials/*/nets/*") | _mtimes(run, "trials/*/data.zarr/zarr.json")
 
-    r = run_cli(*args, *faults)  # the same run: only the failed grid point (and its theory) runs
+    r = run_cli(
+        *args, *faults, env=api
+    )  # the same run: only the failed grid point (and its theory) runs
     assert r.returncode == 0, r.stderr
     after = _mtimes(run, "trials/*/items/*.json") | _mtimes(run, "trials/*/gram/*/zarr.json")
     after |= _mtimes(run, "trials/*/nets/*") | _mtimes(run, "trials/*/data.zarr/zarr.json")
