@@ -302,28 +302,20 @@ def shared_api(folder: Path, owner: int, timeout: float = 300) -> str:
 
 
 # The keeper of the shared server (shared_api): serves until its owner is gone.
+# (ntkflow.lease's liveness check: a zombie owner, killed and not yet reaped, is gone)
 _KEEPER = """
-import os, sys, time
+import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import servers
+from ntkflow.lease import _alive
 folder, owner = Path(sys.argv[2]), int(sys.argv[3])
 with servers.prefect_server(folder) as api:
     (folder / "api-url.tmp").write_text(api)
     (folder / "api-url.tmp").rename(folder / "api-url")
-    while servers.pid_alive(owner):
+    while _alive(owner):
         time.sleep(1)
 """
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _wait_http(url, proc, log, log_path: Path, timeout: float, name: str, interval=1.0):
