@@ -41,7 +41,20 @@ def has_gpu() -> bool:
         return False
 
 
+@pytest.hookimpl(trylast=True)  # after xdist's, which names each grouped test's group
 def pytest_collection_modifyitems(config, items):
+    if getattr(config.option, "loadgroup", False):  # an xdist worker of `--dist loadgroup`
+        lost = [
+            i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid
+        ]
+        if lost:  # pytest 9.2 ignores xdist 3.8's group suffix (pytest-xdist#1386)
+            why = (
+                f"--dist loadgroup is not grouping {lost[0]} (and {len(lost) - 1} more): the "
+                "tests of one xdist_group would each start its session fixtures again; "
+                "install the pinned pytest (pip install -e '.[test]')"
+            )
+            print(f"ERROR: {why}", file=sys.stderr)  # a worker's own error reaches no one
+            raise pytest.UsageError(why)
     if has_gpu():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible on this machine)")
