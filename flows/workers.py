@@ -4,11 +4,16 @@ its allocator), the resources a training asks for, the flow's Dask client and ta
 from __future__ import annotations
 
 import os
+import sys
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ntkflow.cluster.processes import exit_without_collecting, reuse_freed_memory
 from ntkflow.cluster.resources import cluster_has_gpus, worker_resources
+
+# What a worker imports to run the trials' tasks: a local cluster's forkserver imports it once
+# for all its workers (ntkflow.cluster.lifecycle.start_cluster's ``preload``).
+WORKER_IMPORTS = ("flows.tasks",)
 
 
 class PrefectAPIPlugin(WorkerPlugin):
@@ -22,6 +27,10 @@ class PrefectAPIPlugin(WorkerPlugin):
 
     def setup(self, worker) -> None:
         os.environ.update(self.settings)
+        if "prefect.context" in sys.modules:  # imported before (a preloaded forkserver's fork)
+            from prefect.context import refresh_global_settings_context
+
+            refresh_global_settings_context()  # Prefect read its settings as it was imported
 
 
 class AllocatorPlugin(WorkerPlugin):

@@ -86,6 +86,60 @@ def test_a_process_that_started_worker_processes_leaves_no_resource_tracker_behi
     assert not psutil.pid_exists(tracker)
 
 
+def _worker_facts() -> dict:
+    import signal
+
+    from prefect.settings import get_current_settings
+
+    return {
+        "parent": os.getppid(),
+        "preloaded": "flows.tasks" in sys.modules,  # before any task: the server imported it
+        "sigint_blocked": signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []),
+        "hash": hash("ntkflow"),
+        "api": get_current_settings().api.url,
+    }
+
+
+def test_local_workers_fork_from_one_server_that_imported_what_they_run():
+    """A local cluster's workers are forked from one forkserver that imported what they run
+    (flows.tasks: Prefect, Dask, NumPy, Zarr), not each spawned to import it again. They keep
+    what a spawned worker had: SIGINT blocked, the nanny's hash seed (the same in every
+    worker), the plan's thread counts as the math libraries load, the Prefect API that
+    prepare_workers exports (Prefect, imported by the server, reads it again); the server
+    stops with the cluster."""
+    from multiprocessing import forkserver
+
+    import psutil
+
+    from flows import workers
+
+    seed = os.environ.get("PYTHONHASHSEED") not in (None, "0") and os.environ["PYTHONHASHSEED"]
+    seeded = subprocess.run(
+        [sys.executable, "-c", "print(hash('ntkflow'))"],
+        env={**os.environ, "PYTHONHASHSEED": seed or "6640"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    api = "http://127.0.0.1:9/api"
+    plan = plans.resolve_cluster("local", ComputeConfig(n_workers=2, threads_per_worker=2))
+    with (
+        lifecycle.start_cluster(plan, preload=workers.WORKER_IMPORTS) as address,
+        lifecycle.connect(address) as client,
+    ):
+        client.wait_for_workers(2)
+        workers.prepare_workers(client, {"PREFECT_API_URL": api})
+        facts = list(client.run(_worker_facts).values())
+        server = psutil.Process(forkserver._forkserver._forkserver_pid)
+        server_env = server.environ()
+    assert [f["parent"] for f in facts] == [server.pid] * 2
+    assert all(f["preloaded"] and f["sigint_blocked"] and f["api"] == api for f in facts)
+    assert {f["hash"] for f in facts} == {int(seeded.stdout)}
+    assert server_env["OPENBLAS_NUM_THREADS"] == server_env["OMP_NUM_THREADS"] == "2"
+    assert server_env["CUDA_VISIBLE_DEVICES"] == ""
+    assert not server.is_running()
+
+
 def test_workers_reuse_freed_memory_for_large_arrays():
     """Dask's nanny starts each worker with MALLOC_TRIM_THRESHOLD_ set, so every large NumPy
     temporary is a fresh mmap, faulted in page by page (a paper trial took 1.8x its CPU); once

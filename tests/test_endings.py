@@ -114,11 +114,12 @@ def _wait_for_training(api, before, proc, err, timeout=300) -> list[dict]:
 
 
 def _workers(proc) -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.Process(proc.pid).children(recursive=True)
-        if "multiprocessing.spawn" in " ".join(p.cmdline())
+    """The command's Dask worker processes: the children of its forkserver (its child with
+    that command line, which its forked workers share: lifecycle.start_cluster)."""
+    forkservers = [
+        p for p in psutil.Process(proc.pid).children() if "forkserver" in " ".join(p.cmdline())
     ]
+    return [w for p in forkservers for w in p.children()]
 
 
 def _blocks_sigint(pid: int) -> bool:

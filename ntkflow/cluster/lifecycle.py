@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -45,6 +47,55 @@ def _wait_for_first_worker(cluster, plan: ClusterPlan, timeout: float) -> None:
         time.sleep(0.2)
 
 
+_forkserver_users = 0  # local clusters of this process using the forkserver now
+
+
+@contextlib.contextmanager
+def _forked_workers(preload: tuple[str, ...], env: dict[str, str]):
+    """While a local cluster lives, its worker processes are forked from one forkserver that has
+    imported ``preload`` (what the workers run: Prefect, Dask, NumPy, Zarr, ~3 CPU-s in each
+    fresh interpreter, ``python -X importtime -c 'import flows.tasks'``) instead of each being
+    spawned and importing it again, restarted workers included; the server stops with the last
+    cluster of the process that uses it. It starts here, in the calling thread (SIGINT blocked:
+    :func:`_sigint_blocked`, a mask its children inherit), with what the nannies give a spawned
+    worker before its first import (``env``, Dask's ``distributed.nanny.pre-spawn-environ``,
+    the nanny's hash seed): the math libraries read their thread counts as they load."""
+    global _forkserver_users
+    from multiprocessing import forkserver
+
+    import dask
+    from distributed.utils import get_mp_context
+
+    server = forkserver._forkserver
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        if not _forkserver_users:
+            ctx = get_mp_context()  # sets Dask's own preload first: distributed, its packages
+            ctx.set_forkserver_preload(list(dict.fromkeys([*server._preload_modules, *preload])))
+            spawn_env = dask.config.get("distributed.nanny.pre-spawn-environ")
+            wanted = {k: str(v) for k, v in spawn_env.items()}
+            if os.environ.get("PYTHONHASHSEED") in (None, "0"):
+                wanted["PYTHONHASHSEED"] = "6640"  # as distributed.nanny.Nanny sets it
+            wanted.update(env)
+            saved = {k: os.environ.get(k) for k in wanted}
+            os.environ.update(wanted)
+            try:
+                server._stop()  # one started otherwise (lazily, by a Process) has another env
+                server.ensure_running()
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+        _forkserver_users += 1
+        try:
+            yield
+        finally:
+            _forkserver_users -= 1
+            if not _forkserver_users:
+                server._stop()
+
+
 @contextlib.contextmanager
 def _sigint_blocked(block: bool):
     """While a local cluster is created, SIGINT blocked in this thread: the cluster's event loop
@@ -69,7 +120,7 @@ def _sigint_blocked(block: bool):
 
 
 @contextlib.contextmanager
-def start_cluster(plan: ClusterPlan, start_timeout: float = 600.0):
+def start_cluster(plan: ClusterPlan, start_timeout: float = 600.0, preload: tuple[str, ...] = ()):
     """Start (or join) the plan's cluster; yields its scheduler address, stops what it started.
 
     A cluster that cannot start (no GPU for LocalCUDACluster, no ``sbatch``, a worker job Slurm
@@ -93,11 +144,22 @@ def start_cluster(plan: ClusterPlan, start_timeout: float = 600.0):
     if on_slurm:
         slurm.note_submission()  # before the first sbatch: from now on the run's jobs are cancelled
     local = plan.name in ("local", "cuda")
-    try:
-        with dask.config.set(_LOCAL_WORKER_CONFIG if local else {}), _sigint_blocked(local):
-            cluster = cls(**kwargs)
-    except Exception as e:  # noqa: BLE001 - any failure to start is reported the same way
-        raise ClusterError(f"cannot start {plan.describe()}: {type(e).__name__}: {e}") from e
+    # dask-cuda's workers (CUDA contexts) are spawned, as Dask spawns them
+    forked = plan.name == "local" and "forkserver" in multiprocessing.get_all_start_methods()
+    with contextlib.ExitStack() as stack:  # the forkserver stops after the cluster
+        try:
+            with dask.config.set(_LOCAL_WORKER_CONFIG if local else {}), _sigint_blocked(local):
+                if forked:
+                    stack.enter_context(_forked_workers(preload, kwargs.get("env", {})))
+                cluster = cls(**kwargs)
+        except Exception as e:  # noqa: BLE001 - any failure to start is reported the same way
+            raise ClusterError(f"cannot start {plan.describe()}: {type(e).__name__}: {e}") from e
+        yield from _serve(cluster, plan, on_slurm, start_timeout)
+
+
+def _serve(cluster, plan: ClusterPlan, on_slurm: bool, start_timeout: float):
+    """Yield a started cluster's scheduler address once a worker has joined; close it (and
+    cancel its batch jobs) however the run ends."""
     try:
         try:
             if on_slurm:
