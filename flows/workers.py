@@ -4,10 +4,10 @@ its allocator), the resources a training asks for, the flow's Dask client and ta
 from __future__ import annotations
 
 import os
-import sys
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from flows.internals import refresh_settings
 from ntkflow.cluster.processes import exit_without_collecting, reuse_freed_memory
 from ntkflow.cluster.resources import cluster_has_gpus, worker_resources
 
@@ -27,10 +27,7 @@ class PrefectAPIPlugin(WorkerPlugin):
 
     def setup(self, worker) -> None:
         os.environ.update(self.settings)
-        if "prefect.context" in sys.modules:  # imported before (a preloaded forkserver's fork)
-            from prefect.context import refresh_global_settings_context
-
-            refresh_global_settings_context()  # Prefect read its settings as it was imported
+        refresh_settings()  # Prefect imported already: by the forkserver a worker is forked from
 
 
 class AllocatorPlugin(WorkerPlugin):
