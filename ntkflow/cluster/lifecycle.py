@@ -72,7 +72,8 @@ def _forked_workers(preload: tuple[str, ...], env: dict[str, str]):
             ctx = get_mp_context()  # sets Dask's own preload first: distributed, its packages
             ctx.set_forkserver_preload(list(dict.fromkeys([*server._preload_modules, *preload])))
             spawn_env = dask.config.get("distributed.nanny.pre-spawn-environ")
-            wanted = {k: str(v) for k, v in spawn_env.items()}
+            # as distributed.nanny reads them: a variable already set keeps its value
+            wanted = {k: os.environ.get(k, str(v)) for k, v in spawn_env.items() if v is not None}
             if os.environ.get("PYTHONHASHSEED") in (None, "0"):
                 wanted["PYTHONHASHSEED"] = "6640"  # as distributed.nanny.Nanny sets it
             wanted.update(env)
