@@ -21,6 +21,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from ntkflow.cluster.processes import environ
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -451,7 +453,7 @@ def s3_server(workdir: Path, bucket: str = "ntkflow", timeout: float = 60):
     try:
         url = f"{env['AWS_ENDPOINT_URL']}/moto-api/"
         _wait_http(url, proc, log, workdir / "moto.log", timeout, "moto_server", interval=0.2)
-        with _environ(env):
+        with environ(env):
             import s3fs
 
             s3fs.S3FileSystem.clear_instance_cache()
@@ -461,20 +463,6 @@ def s3_server(workdir: Path, bucket: str = "ntkflow", timeout: float = 60):
     finally:
         stop(proc)
         log.close()
-
-
-@contextlib.contextmanager
-def _environ(extra: dict):
-    saved = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 SLURM_DAEMONS = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "scancel", "sinfo")

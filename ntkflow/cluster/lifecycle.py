@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ntkflow.cluster import slurm
 from ntkflow.cluster.errors import ClusterError, require
+from ntkflow.cluster.processes import environ
 
 if TYPE_CHECKING:
     from ntkflow.cluster.plans import ClusterPlan
@@ -77,17 +78,9 @@ def _forked_workers(preload: tuple[str, ...], env: dict[str, str]):
             if os.environ.get("PYTHONHASHSEED") in (None, "0"):
                 wanted["PYTHONHASHSEED"] = "6640"  # as distributed.nanny.Nanny sets it
             wanted.update(env)
-            saved = {k: os.environ.get(k) for k in wanted}
-            os.environ.update(wanted)
-            try:
-                server._stop()  # one started otherwise (lazily, by a Process) has another env
+            server._stop()  # one started otherwise (lazily, by a Process) has another env
+            with environ(wanted):
                 server.ensure_running()
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
         _forkserver_users += 1
         try:
             yield

@@ -1,5 +1,6 @@
-"""How the processes of a run use memory and end: a worker's allocator, and the command's
-exit (no last garbage collections, no resource tracker left behind)."""
+"""How the processes of a run use memory and end: a worker's allocator, the command's exit (no
+last garbage collections, no resource tracker left behind), and the environment a process it
+starts inherits."""
 
 from __future__ import annotations
 
@@ -84,3 +85,19 @@ def end_resource_tracker_at_exit(timeout: float = 2.0) -> None:
                 time.sleep(0.005)
 
     atexit.register(end)
+
+
+@contextlib.contextmanager
+def environ(extra: dict[str, str]):
+    """``extra`` in this process's environment while the block runs (what the processes started
+    in it inherit); each variable then has its former value again, or none."""
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
