@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import ast
 import functools
+import gc
 import hashlib
 import importlib.machinery
 import importlib.util
 import json
-import threading
 from pathlib import Path
 
 PROJECT = ("ntkflow",)  # top-level packages whose modules are versioned
@@ -90,7 +90,20 @@ def imported_modules(module: str) -> frozenset[str]:
     return _syntax(module)[0]
 
 
-_PARSING = threading.Lock()
+def parse(source: str) -> ast.Module:
+    """``ast.parse`` that no other thread can break. CPython 3.11 counts the depth of the tree
+    it converts to Python objects in one counter per interpreter: a garbage collection during
+    the conversion can run a finalizer that lets another thread parse meanwhile, and the
+    conversion then fails with SystemError "AST constructor recursion depth mismatch" (seen
+    in a deployment's flow run, python/cpython#106905). With the collector off, nothing in the
+    conversion lets another thread run."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return ast.parse(source)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @functools.cache
@@ -101,9 +114,7 @@ def _syntax(module: str) -> tuple[frozenset[str], str]:
     path = _source(module)
     if path is None:
         return frozenset(), ""
-    with _PARSING:  # CPython 3.11's AST conversion is not thread-safe (SystemError: "AST
-        # constructor recursion depth mismatch", seen in a flow run): one parse at a time
-        tree = ast.parse(path.read_text())
+    tree = parse(path.read_text())
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(tree):

@@ -183,3 +183,65 @@ def test_lazy_imports_and_relative_imports_are_followed(tmp_path, monkeypatch):
         )
     finally:
         keys.code_modules.cache_clear()
+
+
+def _parse_while_another_thread_parses(parse) -> Exception | None:
+    """``parse`` of this file in a thread whose first garbage collection (due at once, inside
+    the conversion of the tree) runs a finalizer that lets another thread ``ast.parse`` at
+    another stack depth before it goes on: the interleaving that broke a flow run. Returns
+    what ``parse`` raised (None if nothing)."""
+    import ast
+    import gc
+    import threading
+
+    source = Path(__file__).read_text()
+    other_done, raised = threading.Event(), []
+
+    class Finalized:
+        def __init__(self):
+            self.cycle = self  # freed only by the collector, which runs __del__
+
+        def __del__(self):
+            other_done.wait(10)  # waiting gives up the GIL: the other thread parses now
+
+    def deeper(n):
+        return ast.parse(source) if n == 0 else deeper(n - 1)
+
+    def other():
+        deeper(30)
+        other_done.set()
+
+    def first():
+        try:
+            gc.enable()
+            parse(source)
+        except Exception as e:  # noqa: BLE001 - what the test reports
+            raised.append(e)
+
+    threshold, enabled = gc.get_threshold(), gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        Finalized()
+        gc.set_threshold(1)
+        threads = [threading.Thread(target=first), threading.Thread(target=other)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        gc.set_threshold(*threshold)
+        (gc.enable if enabled else gc.disable)()
+        gc.collect()
+    return raised[0] if raised else None
+
+
+def test_parsing_the_code_survives_another_thread_parsing_meanwhile():
+    """``keys.parse`` is immune to the race; on CPython 3.11 (this project's), the race is real:
+    plain ``ast.parse`` fails in it."""
+    import ast
+
+    if sys.version_info[:2] == (3, 11):
+        failed = _parse_while_another_thread_parses(ast.parse)
+        assert isinstance(failed, SystemError) and "recursion depth mismatch" in str(failed)
+    assert _parse_while_another_thread_parses(keys.parse) is None
