@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -31,35 +30,25 @@ def _compute(cfg, store: Store) -> None:
         trial.run_trial(cfg, store, k)
 
 
-@pytest.fixture(scope="module")
-def _s3_pristine():
-    """Config → its pristine store on this process's S3 API (each xdist worker has its own)."""
-    return {}
-
-
 @pytest.fixture
-def pristine(once, tmp_path, request, _s3_pristine):
+def pristine(once, tmp_path, request):
     """``pristine(cfg, backend="local", into=tmp_path) -> Store``: a fresh copy of the store in
     which `run_trial` computed every trial of ``cfg`` from scratch, for tests that damage or
     extend a finished store, not the ones that check its first computation. Built once per
-    session (locally: shared by the xdist workers; on S3: once per worker, on its S3 API, so the
-    copy holds what S3 writes) and copied: with copytree, or object by object on S3."""
+    session in a local folder (``once``: shared by the xdist workers) and copied: with
+    copytree, or uploaded to a fresh prefix of S3: `run_trial` writes the same objects there
+    as in a folder (seen when this was written, for a trial with a network: the same 71
+    paths, the same bytes but for the timings and lease owners in the JSON records)."""
 
     def get(cfg, backend="local", into=tmp_path) -> Store:
         settings = cfg.model_dump(mode="json")
+        built = once("run-trial-store", settings, lambda folder: _compute(cfg, Store(folder)))
         if backend == "local":
-            built = once("run-trial-store", settings, lambda folder: _compute(cfg, Store(folder)))
             shutil.copytree(built, into, dirs_exist_ok=True)
             return Store(into)
         store = Store(request.getfixturevalue("s3_root"))
-        key = json.dumps(settings, sort_keys=True)
-        if key not in _s3_pristine:
-            built = Store(f"s3://ntkflow/pristine-{uuid.uuid4().hex[:12]}")
-            _compute(cfg, built)
-            _s3_pristine[key] = built
-        built = _s3_pristine[key]
-        files = sorted(built.files(""))
-        built.fs.copy([built.path(f) for f in files], [store.path(f) for f in files])
+        files = sorted(str(p.relative_to(built)) for p in built.rglob("*") if p.is_file())
+        store.fs.put([str(built / f) for f in files], [store.path(f) for f in files])
         return store
 
     return get
