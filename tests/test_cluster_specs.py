@@ -94,6 +94,7 @@ def _worker_facts() -> dict:
     return {
         "parent": os.getppid(),
         "preloaded": "flows.tasks" in sys.modules,  # before any task: the server imported it
+        "pandas": "pandas" in sys.modules,  # Dask's own preload would import it: no task uses it
         "sigint_blocked": signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []),
         "hash": hash("ntkflow"),
         "api": get_current_settings().api.url,
@@ -106,9 +107,11 @@ def test_local_workers_fork_from_one_server_that_imported_what_they_run():
     what a spawned worker had: SIGINT blocked, the nanny's hash seed (the same in every
     worker), the plan's thread counts as the math libraries load, the Prefect API that
     prepare_workers exports (Prefect, imported by the server, reads it again); the server
-    stops with the cluster."""
+    stops with the cluster. Neither the server nor this process imports the optional packages
+    of Dask's own preload (pandas: ~0.3 CPU-s in each)."""
     from multiprocessing import forkserver
 
+    import distributed.utils
     import psutil
 
     from flows import workers
@@ -134,6 +137,8 @@ def test_local_workers_fork_from_one_server_that_imported_what_they_run():
         server_env = server.environ()
     assert [f["parent"] for f in facts] == [server.pid] * 2
     assert all(f["preloaded"] and f["sigint_blocked"] and f["api"] == api for f in facts)
+    assert not any(f["pandas"] for f in facts)
+    assert distributed.utils._forkserver_preload_set  # so a nanny's get_mp_context imports none
     assert {f["hash"] for f in facts} == {int(seeded.stdout)}
     assert server_env["OPENBLAS_NUM_THREADS"] == server_env["OMP_NUM_THREADS"] == "2"
     assert server_env["CUDA_VISIBLE_DEVICES"] == ""

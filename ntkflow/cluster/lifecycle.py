@@ -65,13 +65,19 @@ def _forked_workers(preload: tuple[str, ...], env: dict[str, str]):
     from multiprocessing import forkserver
 
     import dask
-    from distributed.utils import get_mp_context
+    import distributed.utils
+    from distributed.versions import required_packages
 
     server = forkserver._forkserver
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
         if not _forkserver_users:
-            ctx = get_mp_context()  # sets Dask's own preload first: distributed, its packages
-            ctx.set_forkserver_preload(list(dict.fromkeys([*server._preload_modules, *preload])))
+            # Dask's own preload (distributed.utils.get_mp_context, which a nanny calls) first
+            # imports every optional package it knows here, pandas among them (~0.3 CPU-s here
+            # and again in the server, used by no task of ntkflow): set here instead, and
+            # marked as set (a private flag of the pinned distributed) so that it is not redone
+            modules = ["distributed", *required_packages, "numpy", *preload]
+            server.set_forkserver_preload(list(dict.fromkeys(modules)))
+            distributed.utils._forkserver_preload_set = True
             spawn_env = dask.config.get("distributed.nanny.pre-spawn-environ")
             # as distributed.nanny reads them: a variable already set keeps its value
             wanted = {k: os.environ.get(k, str(v)) for k, v in spawn_env.items() if v is not None}
