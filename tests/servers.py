@@ -368,7 +368,9 @@ def prefect_worker(workdir: Path, env: dict, pool: str):
     try:
         yield proc
     finally:
-        stop(proc, timeout=60)
+        # Its first SIGTERM asks for a graceful stop (SIGINT to itself), which now and then never
+        # ends (seen: 60 s, then killed); its process group is killed after 15 s
+        stop(proc, timeout=15)
         log.close()
 
 
