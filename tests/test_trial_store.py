@@ -47,7 +47,7 @@ def pristine(once, tmp_path, request):
             shutil.copytree(built, into, dirs_exist_ok=True)
             return Store(into)
         store = Store(request.getfixturevalue("s3_root"))
-        files = sorted(str(p.relative_to(built)) for p in built.rglob("*") if p.is_file())
+        files = sorted(Store(built).files(""))
         store.fs.put([str(built / f) for f in files], [store.path(f) for f in files])
         return store
 

@@ -71,10 +71,10 @@ def _forked_workers(preload: tuple[str, ...], env: dict[str, str]):
     server = forkserver._forkserver
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
         if not _forkserver_users:
-            # Dask's own preload (distributed.utils.get_mp_context, which a nanny calls) first
-            # imports every optional package it knows here, pandas among them (~0.3 CPU-s here
-            # and again in the server, used by no task of ntkflow): set here instead, and
-            # marked as set (a private flag of the pinned distributed) so that it is not redone
+            # Dask's own preload (distributed.utils.get_mp_context, which a nanny calls) adds
+            # every optional package it finds, pandas among them (~0.4 CPU-s in the server,
+            # used by no task of ntkflow): set here instead, and marked as set (a private flag
+            # of the pinned distributed) so that a nanny does not replace it
             modules = ["distributed", *required_packages, "numpy", *preload]
             server.set_forkserver_preload(list(dict.fromkeys(modules)))
             distributed.utils._forkserver_preload_set = True
