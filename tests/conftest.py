@@ -63,6 +63,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _no_lease_left_held():
+    """After each test: no lease it took in this process is still held. A held lease renews
+    itself in a thread every ttl/4 for as long as the process lives (one a test forgot beat
+    its store, S3 included, for the rest of the session)."""
+    import threading
+
+    yield
+    held = [t.name for t in threading.enumerate() if t.name.startswith("lease ")]
+    assert held == [], f"leases the test left held: {held}"
+
+
 @pytest.fixture(scope="session")
 def shared_dir(tmp_path_factory) -> Path:
     """A folder of this pytest run that every xdist worker sees: the workers' base temporary

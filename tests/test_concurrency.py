@@ -70,7 +70,9 @@ def test_heartbeat_keeps_a_short_lease_alive(store):
         time.sleep(2.5 * ttl)  # alive only because the heartbeat renews it
         assert lease.try_acquire(store, "L", ttl=ttl)[0] is None
         assert store.read_json(held.path)["expires"] > first
-    assert lease.try_acquire(store, "L", ttl=ttl)[0] is not None
+    again = lease.try_acquire(store, "L", ttl=ttl)[0]
+    assert again is not None
+    again.release()
 
 
 def _foreign(store, gen, expires_in):
