@@ -66,8 +66,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _no_lease_left_held():
     """After each test: no lease it took in this process is still held. A held lease renews
-    itself in a thread every ttl/4 for as long as the process lives (one a test forgot beat
-    its store, S3 included, for the rest of the session)."""
+    itself in a thread ("lease <path>", ntkflow.lease.Lease) every ttl/4 for as long as the
+    process lives (one a test forgot beat its store, S3 included, for the rest of the session)."""
     import threading
 
     yield
