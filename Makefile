@@ -49,6 +49,7 @@ bench: venv
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/prefect_floor.py
 	$(BIN)/python benchmarks/cluster_paths.py
+	$(BIN)/python benchmarks/s3_requests.py
 
 # A lent GPU machine has no package index: `make gpu-wheels` (here, with PyPI) puts the wheels
 # that benchmarks/gpu_check.py needs and it lacks into .whl/ (CPython 3.12, manylinux x86_64,

@@ -218,7 +218,7 @@ def open_gram(zstore, shapes: dict | None = None) -> tuple[zarr.Group, dict]:
     """The group and its attributes; CorruptArtifact if it is missing, incomplete, or its
     arrays are not float64 of the recorded shapes (and of ``shapes`` when given)."""
     try:
-        group = zarr.open_group(zstore, mode="r")
+        group = zarr.open_group(zstore, mode="r", zarr_format=3)  # no probes for v2 files
         attrs = dict(group.attrs)
         if not attrs.get("complete"):
             raise CorruptArtifact(f"incomplete Gram group {zstore}")

@@ -247,3 +247,21 @@ def test_the_store_check_of_one_launch_leaves_a_concurrent_launchs_probe(
     preflight.probe_read(url, "token-b", "host-b")  # no PlaceError
     assert not store.files(preflight.PROBE_DIR)
     assert backend == "s3" or not (tmp_path / preflight.PROBE_DIR).exists()
+
+
+def test_zarrs_view_of_an_s3_store_lists_what_another_writer_added_since(s3_root):
+    """Zarr reads an object store through a filesystem of its own, opened as the store opens
+    its own: without cached listings (s3fs would keep the first listing of a prefix for good,
+    while other runs and workers write there) and reading each object with one GET."""
+    from zarr.core.sync import sync
+
+    async def names(view):
+        return sorted([name async for name in view.list_dir("")])
+
+    store = Store(s3_root)
+    store.write_text("g/a.json", "{}")
+    view = store.zarr_store("g", read_only=True)
+    assert sync(names(view)) == ["a.json"]
+    Store(s3_root).write_text("g/b.json", "{}")  # another writer, meanwhile
+    assert sync(names(view)) == ["a.json", "b.json"]
+    assert store.fs.max_concurrency == view.fs.max_concurrency == 1

@@ -45,9 +45,10 @@ def write_group(store: Store, rel: str, fill, small: bool = False):
             store.write_folder(tmp, {key: buf.as_numpy_array() for key, buf in files.items()})
         else:
             out = fill(store.zarr_store(tmp))
-        store.commit_dir(tmp, rel)
-    finally:
+        store.commit_dir(tmp, rel)  # which leaves no ``tmp`` behind
+    except BaseException:
         store.remove(tmp)
+        raise
     return out
 
 
@@ -55,7 +56,7 @@ def load_data(store: Store, k: int) -> TrialData:
     """Trial k's verified data; CorruptArtifact if missing, incomplete or altered."""
     rel = f"{trial_dir(k)}/data.zarr"
     try:
-        group = zarr.open_group(store.zarr_store(rel, read_only=True), mode="r")
+        group = zarr.open_group(store.zarr_store(rel, read_only=True), mode="r", zarr_format=3)
         attrs = dict(group.attrs)
         arrays = {name: group[name][...] for name in DATA_ARRAYS}
     except Exception as e:  # missing or unreadable, whatever the reason
