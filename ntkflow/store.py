@@ -196,12 +196,10 @@ class Store:
 
     def commit_dir(self, tmp: str, rel: str) -> None:
         """Move the folder ``tmp`` (written under a unique temporary name) to ``rel``,
-        replacing whatever is there, and leaving nothing at ``tmp``. On a filesystem a directory
-        rename (atomic); on object stores every file is copied, the group's root ``zarr.json``
-        last, so a partly copied group never opens, then ``tmp`` is removed in one batch. The
-        copies are given as lists of paths: fsspec then runs them in parallel, two requests
-        each (the size, a server-side copy), where a move per file also listed and deleted
-        it (five requests). Readers never see a half-written folder at ``rel``."""
+        replacing whatever is there. On a filesystem a directory rename (atomic); on object
+        stores the files are copied in parallel (lists of paths: no listing per file), the
+        root ``zarr.json`` last, so a partly copied group never opens, then ``tmp`` is removed
+        in one batch. Readers never see a half-written folder at ``rel``."""
         target, src = self.path(rel), self.path(tmp)
         if self.local:
             for _ in range(5):
@@ -254,14 +252,10 @@ class Store:
 
 
 def _fs_options(url: str) -> dict:
-    """How the store's filesystems (its own and Zarr's) are opened.
-
-    No cached listings: other runs and workers create and remove files here all the time
-    (leases, commits), and a stale listing names files that are gone (s3fs caches forever).
-    On S3, whole objects are read with one GET: with its default ``max_concurrency`` s3fs asks
-    each object's size first (a HEAD, and a listing when the object is missing) to split
-    reads of objects over 50 MiB into parallel ranges (a Gram chunk is 32 MiB at the default
-    ``compute.gram_block``)."""
+    """How the store's filesystems (its own and Zarr's) are opened. No cached listings: other
+    runs and workers write here all the time, and s3fs keeps a listing for good. On S3, one
+    GET per object: by default s3fs asks its size first (a HEAD, plus a listing if missing) to
+    read objects over 50 MiB in parallel ranges (a Gram chunk: 32 MiB at the default block)."""
     options: dict = {"use_listings_cache": False}
     if fsspec.core.split_protocol(url)[0] in ("s3", "s3a"):
         options["max_concurrency"] = 1
