@@ -219,9 +219,9 @@ class Store:
                         raise
             raise OSError(f"could not commit {rel}: it keeps being replaced")
         self.remove(rel)
-        names = sorted(self.files(tmp))
-        last = ["zarr.json"] if "zarr.json" in names else []
-        for batch in ([n for n in names if n != "zarr.json"], last):
+        files = self.files(tmp)
+        root = ["zarr.json"] if "zarr.json" in files else []
+        for batch in ([n for n in files if n != "zarr.json"], root):  # the group's root last
             if batch:  # path lists: no listing or lookup per file, copies in parallel
                 self.fs.copy([f"{src}/{n}" for n in batch], [f"{target}/{n}" for n in batch])
         self.remove(tmp)
