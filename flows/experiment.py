@@ -93,7 +93,8 @@ def experiment(
                 state = trials(cfg, store.url, {}, [], return_state=True)
         else:
             log.info("run %s on %s", cfg.run_id, plan.describe())
-            started = start_cluster(plan, cfg.compute.start_timeout, preload=workers.WORKER_IMPORTS)
+            preload = workers.worker_imports(cfg.networks.enabled)
+            started = start_cluster(plan, cfg.compute.start_timeout, preload=preload)
             with started as address, connect(address) as client:
                 api = api_settings()
                 n = workers.prepare_workers(client, api)

@@ -12,8 +12,16 @@ from ntkflow.cluster.processes import exit_without_collecting, reuse_freed_memor
 from ntkflow.cluster.resources import cluster_has_gpus, worker_resources
 
 # What a worker imports to run the trials' tasks: a local cluster's forkserver imports it once
-# for all its workers (ntkflow.cluster.lifecycle.start_cluster's ``preload``).
+# for all its workers (ntkflow.cluster.lifecycle.start_cluster's ``preload``). A run that
+# trains networks adds what the training and theory tasks import as they first run (torch:
+# ~1.5 CPU-s in each worker otherwise).
 WORKER_IMPORTS = ("flows.tasks",)
+NETWORK_IMPORTS = ("ntkflow.nets", "ntkflow.train", "ntkflow.empirical", "ntkflow.linearized")
+
+
+def worker_imports(networks: bool) -> tuple[str, ...]:
+    """What a local cluster's forkserver imports for a run (``networks``: it trains some)."""
+    return WORKER_IMPORTS + (NETWORK_IMPORTS if networks else ())
 
 
 class PrefectAPIPlugin(WorkerPlugin):

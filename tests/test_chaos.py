@@ -65,8 +65,12 @@ def reference(once, shared_api):
 
 @pytest.mark.parametrize("i", range(KILLS))
 def test_sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_summary(
-    tmp_path, reference, i
+    tmp_path, reference, shared_api, i
 ):
+    """Each kill hits a command with its embedded server, as a user runs it. The first rerun
+    is a user's rerun too, on the embedded server of the killed command's Prefect home (as in
+    tests/test_s3.py); the others report to the shared server, which saves booting one: their
+    subject is the numbers, which no Prefect API computes."""
     home = tmp_path / "prefect-home"
     work, fraction = reference["work"], FRACTIONS[i]
     at = fraction * work
@@ -82,7 +86,8 @@ def test_sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_summary(
     finished = proc.poll() is not None
     killed = kill_tree(proc)
     done_at_kill = n_complete(run_dir)
-    proc = launch([*ARGS, "--out", str(out)], tmp_path / f"rerun-{i}.log", home)
+    api = shared_api if i else None
+    proc = launch([*ARGS, "--out", str(out)], tmp_path / f"rerun-{i}.log", home, api=api)
     proc.wait(timeout=600)
     assert proc.returncode == 0, (tmp_path / f"rerun-{i}.log").read_text()
     final = summary(run_dir)

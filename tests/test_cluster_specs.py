@@ -94,6 +94,8 @@ def _worker_facts() -> dict:
     return {
         "parent": os.getppid(),
         "preloaded": "flows.tasks" in sys.modules,  # before any task: the server imported it
+        # a run with networks: torch too, with the plan's threads (read as the server loaded it)
+        "torch_threads": sys.modules["torch"].get_num_threads() if "torch" in sys.modules else 0,
         "pandas": "pandas" in sys.modules,  # Dask's own preload would import it: no task uses it
         "sigint_blocked": signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []),
         "hash": hash("ntkflow"),
@@ -108,7 +110,9 @@ def test_local_workers_fork_from_one_server_that_imported_what_they_run():
     worker), the plan's thread counts as the math libraries load, the Prefect API that
     prepare_workers exports (Prefect, imported by the server, reads it again); the server
     stops with the cluster. The server does not import the optional packages of Dask's own
-    preload (pandas: ~0.4 CPU-s), and that preload is marked as set so no nanny redoes it."""
+    preload (pandas: ~0.4 CPU-s), and that preload is marked as set so no nanny redoes it.
+    A run that trains networks has torch imported there too; a kernels-only run does not
+    import it at all."""
     from multiprocessing import forkserver
 
     import distributed.utils
@@ -127,7 +131,7 @@ def test_local_workers_fork_from_one_server_that_imported_what_they_run():
     api = "http://127.0.0.1:9/api"
     plan = plans.resolve_cluster("local", ComputeConfig(n_workers=2, threads_per_worker=2))
     with (
-        lifecycle.start_cluster(plan, preload=workers.WORKER_IMPORTS) as address,
+        lifecycle.start_cluster(plan, preload=workers.worker_imports(True)) as address,
         lifecycle.connect(address) as client,
     ):
         client.wait_for_workers(2)
@@ -137,12 +141,20 @@ def test_local_workers_fork_from_one_server_that_imported_what_they_run():
         server_env = server.environ()
     assert [f["parent"] for f in facts] == [server.pid] * 2
     assert all(f["preloaded"] and f["sigint_blocked"] and f["api"] == api for f in facts)
+    assert [f["torch_threads"] for f in facts] == [2, 2]
     assert not any(f["pandas"] for f in facts)
     assert distributed.utils._forkserver_preload_set  # so a nanny's get_mp_context imports none
     assert {f["hash"] for f in facts} == {int(seeded.stdout)}
     assert server_env["OPENBLAS_NUM_THREADS"] == server_env["OMP_NUM_THREADS"] == "2"
     assert server_env["CUDA_VISIBLE_DEVICES"] == ""
     assert not server.is_running()
+    kernels_only = (
+        f"import sys, {', '.join(workers.worker_imports(False))}; print(sorted(sys.modules))"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", kernels_only], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert "'torch'" not in imported.stdout
 
 
 def test_workers_reuse_freed_memory_for_large_arrays():

@@ -110,8 +110,9 @@ def test_store_that_cannot_be_opened(capsys):
 
 
 @pytest.mark.slow
-def test_gpu_trainings_on_a_cluster_without_gpus(tmp_path, run_cli):
-    """A spec whose trainings need GPU=1 but whose workers declare none: refused, not a hang."""
+def test_gpu_trainings_on_a_cluster_without_gpus(tmp_path, run_cli, shared_api):
+    """A spec whose trainings need GPU=1 but whose workers declare none: refused, not a hang
+    (on the shared Prefect server: the refusal is the cluster's, whatever the API)."""
     spec = tmp_path / "cpu-only.yaml"
     spec.write_text(
         yaml.safe_dump(
@@ -123,7 +124,8 @@ def test_gpu_trainings_on_a_cluster_without_gpus(tmp_path, run_cli):
         )
     )
     out = tmp_path / "runs"
-    res = run_cli(*SMOKE, "--out", str(out), "--cluster", str(spec), timeout=300)
+    api = {"PREFECT_API_URL": shared_api}
+    res = run_cli(*SMOKE, "--out", str(out), "--cluster", str(spec), env=api, timeout=300)
     _refused(res, out, "need Dask resources {'GPU': 1}", "declared: none")
 
 
