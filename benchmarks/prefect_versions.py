@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_io import print_and_save
+from bench_io import commit, print_and_save
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -76,11 +76,6 @@ def _once(python: str, env_extra: dict, preset: str, trials: int, tmp: Path, i: 
     if rc != "0":
         raise RuntimeError(f"{' '.join(cmd)} exited {rc}")
     return float(wall), float(cpu)
-
-
-def _commit() -> str | None:
-    res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True)
-    return res.stdout.decode().strip() or None
 
 
 def _version(python: str) -> str:
@@ -126,7 +121,7 @@ def main() -> None:
     med = {c: [statistics.median(x) for x in zip(*v, strict=True)] for c, v in times.items()}
     out = {
         "date": time.strftime("%Y-%m-%d"),
-        "commit": _commit(),
+        "commit": commit(),
         "preset": a.preset,
         "trials": a.trials,
         "kernels_only": True,

@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import subprocess
 import sys
 import tempfile
 import uuid
 from datetime import date
 from pathlib import Path
 
-from bench_io import print_and_save
+from bench_io import commit, print_and_save
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -63,7 +62,7 @@ def main() -> None:
     from ntkflow.store import Store
 
     counts = count_requests()
-    out = {"date": date.today().isoformat(), "commit": _commit(), "trials": {}}
+    out = {"date": date.today().isoformat(), "commit": commit(), "trials": {}}
     rows = []
     with tempfile.TemporaryDirectory() as work, servers.s3_server(Path(work)) as env:
         os.environ.update(env)
@@ -79,11 +78,6 @@ def main() -> None:
                 rows.append((f"{case}, {run}", f"{figures[run]['total']:4d}  ({kinds})"))
             out["trials"][case] = figures
     print_and_save("requests to S3 for one trial", rows, out, args.json)
-
-
-def _commit() -> str | None:
-    res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True)
-    return res.stdout.decode().strip() or None
 
 
 if __name__ == "__main__":
